@@ -1,0 +1,105 @@
+//! Server configuration: one struct, parsed by clap, every flag also an environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Command-line and environment configuration of samserve.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "samserve",
+    version,
+    about = "HTTP inference server for Segment Anything"
+)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "SAMSERVE_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Port to listen on.
+    #[arg(long, env = "SAMSERVE_PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Model folders to load (each holds a manifest.json). Repeatable; the env var takes a
+    /// comma-separated list. Without any, the default model embedded in the binary is served.
+    #[arg(long = "model", env = "SAMSERVE_MODELS", value_delimiter = ',')]
+    pub models: Vec<PathBuf>,
+
+    /// Name of the model used when a request names none (default: the first loaded).
+    #[arg(long, env = "SAMSERVE_DEFAULT_MODEL")]
+    pub default_model: Option<String>,
+
+    /// Path to libonnxruntime.so. Falls back to ORT_DYLIB_PATH, then `.ort/lib/` next to the
+    /// working directory or the executable.
+    #[arg(long, env = "SAMSERVE_ORT_LIB")]
+    pub ort_lib: Option<PathBuf>,
+
+    /// Byte budget of the image-embedding cache.
+    #[arg(long, env = "SAMSERVE_CACHE_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
+    pub cache_bytes: u64,
+
+    /// Seconds an embedding may stay unused before it is evicted (0 = never).
+    #[arg(long, env = "SAMSERVE_CACHE_IDLE_SECS", default_value_t = 3600)]
+    pub cache_idle_secs: u64,
+
+    /// Byte budget of the store of low-resolution mask logits (refinement handles).
+    #[arg(long, env = "SAMSERVE_MASK_STORE_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub mask_store_bytes: u64,
+
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "SAMSERVE_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest accepted image, in pixels (width x height), checked before decoding.
+    #[arg(long, env = "SAMSERVE_MAX_IMAGE_PIXELS", default_value_t = 64_000_000)]
+    pub max_image_pixels: u64,
+
+    /// Most points (clicks) in one prompt.
+    #[arg(long, env = "SAMSERVE_MAX_POINTS", default_value_t = 64)]
+    pub max_points: usize,
+
+    /// Most prompts in one segment request.
+    #[arg(long, env = "SAMSERVE_MAX_PROMPTS", default_value_t = 256)]
+    pub max_prompts: usize,
+
+    /// ONNX Runtime intra-op threads for the encoder (0 = number of cores).
+    #[arg(long, env = "SAMSERVE_ENCODER_THREADS", default_value_t = 0)]
+    pub encoder_threads: usize,
+
+    /// ONNX Runtime intra-op threads per decoder worker.
+    #[arg(long, env = "SAMSERVE_DECODER_THREADS", default_value_t = 1)]
+    pub decoder_threads: usize,
+
+    /// Number of decoder worker threads (each with its own session).
+    #[arg(long, env = "SAMSERVE_DECODER_WORKERS", default_value_t = 1)]
+    pub decoder_workers: usize,
+
+    /// Bound of each worker queue; when full, requests get 429 at once.
+    #[arg(long, env = "SAMSERVE_QUEUE_CAPACITY", default_value_t = 64)]
+    pub queue_capacity: usize,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "SAMSERVE_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+impl Config {
+    /// The socket address to bind.
+    pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
+        let addr = format!("{}:{}", self.host, self.port);
+        addr.parse()
+            .or_else(|_| {
+                use std::net::ToSocketAddrs;
+                addr.to_socket_addrs()?
+                    .next()
+                    .ok_or_else(|| std::io::Error::other("no address"))
+            })
+            .map_err(|e| anyhow::anyhow!("invalid listen address {addr}: {e}"))
+    }
+
+    /// A configuration with all defaults, for tests and embedding.
+    pub fn defaults() -> Self {
+        Config::parse_from(["samserve"])
+    }
+}

@@ -1,0 +1,91 @@
+//! The image-embedding cache: moka, keyed by (model, image hash), weighted by bytes.
+//!
+//! Concurrent requests for the same uncached image share one encoder run (moka's
+//! `entry().or_try_insert_with` is single-flight per key). Hits never touch the encoder.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
+
+use crate::error::ApiError;
+use crate::runtime::model::Embedding;
+
+/// Cache key: model name and image id (blake3 hex of the uploaded bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageKey {
+    /// Model name.
+    pub model: Arc<str>,
+    /// Image id.
+    pub image_id: Arc<str>,
+}
+
+/// Result of a lookup-or-compute.
+pub struct Lookup {
+    /// The embedding.
+    pub embedding: Arc<Embedding>,
+    /// True when it was already cached (or computed by a concurrent request).
+    pub cached: bool,
+}
+
+/// The embedding cache.
+#[derive(Clone)]
+pub struct EmbeddingCache {
+    inner: Cache<ImageKey, Arc<Embedding>>,
+}
+
+impl EmbeddingCache {
+    /// A cache holding at most `max_bytes` of embeddings; entries unused for `idle` go.
+    pub fn new(max_bytes: u64, idle: Option<Duration>) -> Self {
+        let mut builder = Cache::builder().max_capacity(max_bytes).weigher(
+            |_k: &ImageKey, v: &Arc<Embedding>| u32::try_from(v.weight_bytes()).unwrap_or(u32::MAX),
+        );
+        if let Some(idle) = idle {
+            builder = builder.time_to_idle(idle);
+        }
+        EmbeddingCache {
+            inner: builder.build(),
+        }
+    }
+
+    /// Returns the cached embedding, or runs `compute` once for all concurrent callers.
+    pub async fn get_or_compute<F>(&self, key: ImageKey, compute: F) -> Result<Lookup, ApiError>
+    where
+        F: Future<Output = Result<Embedding, ApiError>>,
+    {
+        if let Some(embedding) = self.inner.get(&key).await {
+            return Ok(Lookup {
+                embedding,
+                cached: true,
+            });
+        }
+        let entry = self
+            .inner
+            .entry(key)
+            .or_try_insert_with(async { compute.await.map(Arc::new) })
+            .await
+            .map_err(|e: Arc<ApiError>| (*e).clone())?;
+        let cached = !entry.is_fresh();
+        Ok(Lookup {
+            embedding: entry.into_value(),
+            cached,
+        })
+    }
+
+    /// The cached embedding, if any.
+    pub async fn get(&self, key: &ImageKey) -> Option<Arc<Embedding>> {
+        self.inner.get(key).await
+    }
+
+    /// Removes an entry; returns whether it was present.
+    pub async fn remove(&self, key: &ImageKey) -> bool {
+        self.inner.remove(key).await.is_some()
+    }
+
+    /// (entries, weighted bytes) after pending maintenance.
+    pub async fn usage(&self) -> (u64, u64) {
+        self.inner.run_pending_tasks().await;
+        (self.inner.entry_count(), self.inner.weighted_size())
+    }
+}

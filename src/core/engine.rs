@@ -1,0 +1,479 @@
+//! The engine: loaded models, their worker queues, the caches, and the two operations the
+//! API exposes (ingest an image, segment prompts on it).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::cache::{EmbeddingCache, ImageKey};
+use super::mask_store::MaskStore;
+use super::masks::{self, BinaryMask};
+use super::prompts::{prepare_prompts, Prompt, PromptLimits};
+use super::workers::WorkerQueue;
+use crate::config::Config;
+use crate::error::{ApiError, ApiResult};
+use crate::metrics::Metrics;
+use crate::runtime::manifest::ModelFiles;
+use crate::runtime::model::{
+    load_model, DecoderPrompt, DecoderSession, Embedding, EncoderSession, ModelSpec, TokenOutput,
+};
+use crate::runtime::preprocess::{decode_image, prepare, PreparedImage};
+
+type EncodeQueue = WorkerQueue<PreparedImage, Embedding>;
+type DecodeQueue = WorkerQueue<(Arc<Embedding>, Vec<DecoderPrompt>), Vec<Vec<TokenOutput>>>;
+
+/// A model ready to serve: its spec and the queues of its worker threads.
+pub struct ModelHandle {
+    /// What was learned from the ONNX files.
+    pub spec: Arc<ModelSpec>,
+    name: Arc<str>,
+    encoder: EncodeQueue,
+    decoder: DecodeQueue,
+}
+
+/// Mask output encodings.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// COCO compressed RLE (pycocotools-compatible).
+    #[default]
+    Rle,
+    /// Base64 1-bit PNG.
+    Png,
+    /// Polygons: outer rings and holes.
+    Polygon,
+    /// Scores, areas and boxes only.
+    None,
+}
+
+/// An encoded mask in the requested format.
+pub enum EncodedMask {
+    /// COCO RLE.
+    Rle(masks::rle::CocoRle),
+    /// PNG bytes.
+    Png(Vec<u8>),
+    /// Polygons.
+    Polygons(Vec<masks::polygon::Polygon>),
+    /// Nothing.
+    None,
+}
+
+/// One predicted mask, ready to serialize.
+pub struct MaskResult {
+    /// Predicted IoU.
+    pub score: f32,
+    /// Foreground pixels.
+    pub area: u64,
+    /// XYWH bounding box.
+    pub bbox: [u32; 4],
+    /// Which decoder token produced it.
+    pub token: usize,
+    /// The mask in the requested format.
+    pub mask: EncodedMask,
+    /// Refinement handle, when requested.
+    pub logits_handle: Option<String>,
+}
+
+/// Result of ingesting an image.
+pub struct ImageInfo {
+    /// Content hash.
+    pub image_id: String,
+    /// Upright width.
+    pub width: u32,
+    /// Upright height.
+    pub height: u32,
+    /// Whether the embedding was already cached.
+    pub cached: bool,
+    /// Model used.
+    pub model: String,
+}
+
+/// Options of a segment call besides the prompts.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentOptions {
+    /// Request-level multimask override.
+    pub multimask_output: Option<bool>,
+    /// Output encoding.
+    pub output: OutputFormat,
+    /// Whether to return refinement handles.
+    pub return_logits: bool,
+}
+
+/// The serving engine shared by all handlers.
+pub struct Engine {
+    models: BTreeMap<String, ModelHandle>,
+    default_model: String,
+    cache: EmbeddingCache,
+    mask_store: MaskStore,
+    /// Metrics registry of this server.
+    pub metrics: Arc<Metrics>,
+    limits: PromptLimits,
+    max_image_pixels: u64,
+    ready: AtomicBool,
+}
+
+/// Hex blake3 of image bytes: the image id.
+pub fn image_id_of(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+/// Checks the form of an image id (64 lowercase hex digits).
+pub fn validate_image_id(id: &str) -> ApiResult<()> {
+    if id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "image id '{}' is not a 64-digit lowercase hex blake3 hash",
+            id.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
+impl Engine {
+    /// Loads every configured model (or the embedded default) and starts the workers.
+    pub fn start(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Self>> {
+        let env = crate::runtime::ort_env::init(config.ort_lib.as_deref())?;
+        let mut files = Vec::new();
+        if config.models.is_empty() {
+            files.push(ModelFiles::embedded_default()?);
+        } else {
+            for dir in &config.models {
+                files.push(ModelFiles::from_dir(dir)?);
+            }
+        }
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let encoder_threads = if config.encoder_threads == 0 {
+            cores
+        } else {
+            config.encoder_threads
+        };
+        let mut models = BTreeMap::new();
+        for f in &files {
+            let started = Instant::now();
+            let sessions = load_model(
+                env,
+                f,
+                encoder_threads,
+                config.decoder_threads,
+                config.decoder_workers,
+            )?;
+            let spec = sessions.spec.clone();
+            if models.contains_key(&spec.name) {
+                anyhow::bail!("two models are named '{}'", spec.name);
+            }
+            let name: Arc<str> = Arc::from(spec.name.as_str());
+            let m = metrics.clone();
+            let n = spec.name.clone();
+            let encoder = WorkerQueue::spawn(
+                "encoder",
+                vec![sessions.encoder],
+                config.queue_capacity,
+                metrics.queue_depth.with_label_values(&["encoder"]),
+                move |s: &mut EncoderSession, img: PreparedImage| {
+                    let t = Instant::now();
+                    let out = s.encode(&img);
+                    m.encoder_seconds
+                        .with_label_values(&[&n])
+                        .observe(t.elapsed().as_secs_f64());
+                    m.encoder_runs_total.with_label_values(&[&n]).inc();
+                    out
+                },
+            )?;
+            let m = metrics.clone();
+            let n = spec.name.clone();
+            let decoder = WorkerQueue::spawn(
+                "decoder",
+                sessions.decoders,
+                config.queue_capacity,
+                metrics.queue_depth.with_label_values(&["decoder"]),
+                move |s: &mut DecoderSession,
+                      (emb, prompts): (Arc<Embedding>, Vec<DecoderPrompt>)| {
+                    let t = Instant::now();
+                    let out = s.decode(&emb, &prompts);
+                    m.decoder_seconds
+                        .with_label_values(&[&n])
+                        .observe(t.elapsed().as_secs_f64());
+                    m.decoder_prompts_total
+                        .with_label_values(&[&n])
+                        .inc_by(prompts.len() as u64);
+                    out
+                },
+            )?;
+            tracing::info!(
+                model = %spec.name,
+                source = %spec.source,
+                input_size = spec.input_size,
+                embedding = ?spec.embedding_shape,
+                low_res = ?spec.low_res_size,
+                batched_decoder = spec.decoder_batched,
+                encoder_input = ?spec.encoder_input,
+                load_ms = started.elapsed().as_millis() as u64,
+                "model loaded"
+            );
+            models.insert(
+                spec.name.clone(),
+                ModelHandle {
+                    spec,
+                    name,
+                    encoder,
+                    decoder,
+                },
+            );
+        }
+        let default_model = match &config.default_model {
+            Some(n) if models.contains_key(n) => n.clone(),
+            Some(n) => anyhow::bail!("--default-model '{n}' is not among the loaded models"),
+            None => files[0].manifest.name.clone(),
+        };
+        let idle =
+            (config.cache_idle_secs > 0).then(|| Duration::from_secs(config.cache_idle_secs));
+        let engine = Engine {
+            models,
+            default_model,
+            cache: EmbeddingCache::new(config.cache_bytes, idle),
+            mask_store: MaskStore::new(
+                config.mask_store_bytes,
+                idle.unwrap_or(Duration::from_secs(3600)),
+            ),
+            metrics,
+            limits: PromptLimits {
+                max_points: config.max_points,
+                max_prompts: config.max_prompts,
+            },
+            max_image_pixels: config.max_image_pixels,
+            ready: AtomicBool::new(true),
+        };
+        Ok(Arc::new(engine))
+    }
+
+    /// Whether models are loaded and workers running.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// All loaded models, by name.
+    pub fn models(&self) -> impl Iterator<Item = &ModelHandle> {
+        self.models.values()
+    }
+
+    /// Name of the default model.
+    pub fn default_model(&self) -> &str {
+        &self.default_model
+    }
+
+    /// Resolves a model name (None = default) or fails with 404.
+    pub fn model(&self, name: Option<&str>) -> ApiResult<&ModelHandle> {
+        let name = name.unwrap_or(&self.default_model);
+        self.models.get(name).ok_or_else(|| ApiError::NotFound {
+            what: "model",
+            id: name.to_string(),
+        })
+    }
+
+    fn key(model: &ModelHandle, image_id: &str) -> ImageKey {
+        ImageKey {
+            model: model.name.clone(),
+            image_id: Arc::from(image_id),
+        }
+    }
+
+    /// Decodes, preprocesses and encodes an image unless its embedding is cached.
+    /// `claimed_id`, when given, must equal the content hash.
+    pub async fn ingest(
+        &self,
+        model: Option<&str>,
+        bytes: Bytes,
+        claimed_id: Option<&str>,
+    ) -> ApiResult<ImageInfo> {
+        let handle = self.model(model)?;
+        let image_id = image_id_of(&bytes);
+        if let Some(claimed) = claimed_id {
+            validate_image_id(claimed)?;
+            if claimed != image_id {
+                return Err(ApiError::HashMismatch(format!(
+                    "image id {claimed} does not match the blake3 hash of the body ({image_id})"
+                )));
+            }
+        }
+        let key = Self::key(handle, &image_id);
+        let spec = handle.spec.clone();
+        let metrics = self.metrics.clone();
+        let max_pixels = self.max_image_pixels;
+        let encoder = handle.encoder.clone();
+        let model_name = handle.name.clone();
+        let lookup = self
+            .cache
+            .get_or_compute(key, async move {
+                let prepared = tokio::task::spawn_blocking(move || {
+                    let t = Instant::now();
+                    let decoded = decode_image(&bytes, max_pixels)?;
+                    metrics
+                        .image_decode_seconds
+                        .with_label_values(&[decoded.format])
+                        .observe(t.elapsed().as_secs_f64());
+                    let t = Instant::now();
+                    let prepared = prepare(&decoded.rgb, &spec);
+                    metrics
+                        .preprocess_seconds
+                        .with_label_values(&[&spec.name])
+                        .observe(t.elapsed().as_secs_f64());
+                    Ok::<_, ApiError>(prepared)
+                })
+                .await
+                .map_err(ApiError::internal)??;
+                encoder.call(prepared).await
+            })
+            .await;
+        let lookup = lookup.inspect_err(|e| self.count_rejection(e))?;
+        let counter = if lookup.cached {
+            &self.metrics.cache_hits_total
+        } else {
+            &self.metrics.cache_misses_total
+        };
+        counter.with_label_values(&[&model_name]).inc();
+        self.refresh_cache_gauges().await;
+        Ok(ImageInfo {
+            image_id,
+            width: lookup.embedding.width,
+            height: lookup.embedding.height,
+            cached: lookup.cached,
+            model: handle.spec.name.clone(),
+        })
+    }
+
+    fn count_rejection(&self, e: &ApiError) {
+        if let ApiError::Overloaded { reason, .. } = e {
+            self.metrics
+                .rejected_total
+                .with_label_values(&[reason])
+                .inc();
+        }
+    }
+
+    async fn refresh_cache_gauges(&self) {
+        let (entries, bytes) = self.cache.usage().await;
+        self.metrics.cache_entries.set(entries as i64);
+        self.metrics.cache_bytes.set(bytes as i64);
+    }
+
+    /// The cached embedding of an image, or 404.
+    pub async fn embedding(
+        &self,
+        model: Option<&str>,
+        image_id: &str,
+    ) -> ApiResult<Arc<Embedding>> {
+        validate_image_id(image_id)?;
+        let handle = self.model(model)?;
+        self.cache
+            .get(&Self::key(handle, image_id))
+            .await
+            .ok_or_else(|| ApiError::NotFound {
+                what: "image",
+                id: image_id.to_string(),
+            })
+    }
+
+    /// Drops an image's embedding; 404 when it was not cached.
+    pub async fn remove(&self, model: Option<&str>, image_id: &str) -> ApiResult<()> {
+        validate_image_id(image_id)?;
+        let handle = self.model(model)?;
+        let removed = self.cache.remove(&Self::key(handle, image_id)).await;
+        self.refresh_cache_gauges().await;
+        if removed {
+            Ok(())
+        } else {
+            Err(ApiError::NotFound {
+                what: "image",
+                id: image_id.to_string(),
+            })
+        }
+    }
+
+    /// Runs prompts against a cached image. Results are index-aligned with `prompts`;
+    /// each prompt's masks are sorted by predicted IoU, best first.
+    pub async fn segment(
+        &self,
+        model: Option<&str>,
+        image_id: &str,
+        prompts: &[Prompt],
+        opts: SegmentOptions,
+    ) -> ApiResult<Vec<Vec<MaskResult>>> {
+        let handle = self.model(model)?;
+        let emb = self.embedding(model, image_id).await?;
+        let image_id: Arc<str> = Arc::from(image_id);
+        let decoder_prompts = prepare_prompts(
+            prompts,
+            opts.multimask_output,
+            self.limits,
+            &handle.spec,
+            &emb,
+            &handle.name,
+            &image_id,
+            &self.mask_store,
+        )?;
+        let outputs = handle
+            .decoder
+            .call((emb.clone(), decoder_prompts))
+            .await
+            .inspect_err(|e| self.count_rejection(e))?;
+        let store = self.mask_store.clone();
+        let model_name = handle.name.clone();
+        let (w, h) = (emb.width, emb.height);
+        tokio::task::spawn_blocking(move || {
+            outputs
+                .into_iter()
+                .map(|tokens| {
+                    let mut masks: Vec<MaskResult> = tokens
+                        .into_iter()
+                        .map(|t| {
+                            let bin = BinaryMask::from_logits(&t.logits, w, h, 0.0);
+                            let logits_handle = opts
+                                .return_logits
+                                .then(|| store.insert(&model_name, &image_id, t.low_res));
+                            MaskResult {
+                                score: t.score,
+                                area: bin.area(),
+                                bbox: bin.bbox_xywh(),
+                                token: t.token,
+                                mask: encode_mask(&bin, opts.output),
+                                logits_handle,
+                            }
+                        })
+                        .collect();
+                    masks.sort_by(|a, b| b.score.total_cmp(&a.score));
+                    masks
+                })
+                .collect()
+        })
+        .await
+        .map_err(ApiError::internal)
+    }
+}
+
+fn encode_mask(mask: &BinaryMask, format: OutputFormat) -> EncodedMask {
+    match format {
+        OutputFormat::Rle => EncodedMask::Rle(masks::rle::encode(mask)),
+        OutputFormat::Png => EncodedMask::Png(masks::png::encode_png_1bit(mask)),
+        OutputFormat::Polygon => EncodedMask::Polygons(masks::polygon::mask_to_polygons(mask)),
+        OutputFormat::None => EncodedMask::None,
+    }
+}

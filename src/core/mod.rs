@@ -1,0 +1,8 @@
+//! The serving core: cache, prompts, workers and mask algorithms.
+
+pub mod cache;
+pub mod engine;
+pub mod mask_store;
+pub mod masks;
+pub mod prompts;
+pub mod workers;

@@ -1,0 +1,180 @@
+//! Prompt types, their validation, and their transformation into decoder inputs.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::mask_store::MaskStore;
+use crate::error::ApiError;
+use crate::runtime::model::{DecoderPrompt, Embedding, ModelSpec};
+
+/// A click in original-image pixel coordinates.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+pub struct Point {
+    /// X in pixels, `0 <= x <= width`.
+    pub x: f64,
+    /// Y in pixels, `0 <= y <= height`.
+    pub y: f64,
+    /// 1 = foreground, 0 = background.
+    #[serde(default = "default_label")]
+    pub label: i64,
+}
+
+fn default_label() -> i64 {
+    1
+}
+
+/// One prompt: any combination of clicks, one box and an earlier mask.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Prompt {
+    /// Clicks.
+    #[serde(default)]
+    pub points: Vec<Point>,
+    /// Box `[x0, y0, x1, y1]` in pixels.
+    #[serde(default)]
+    pub r#box: Option<[f64; 4]>,
+    /// Handle of low-res logits returned by an earlier call on the same image (`logits_handle`).
+    #[serde(default)]
+    pub mask_input: Option<String>,
+    /// Return the three ambiguity masks instead of one. Default: true for a single click
+    /// without box, else false (as the reference recommends).
+    #[serde(default)]
+    pub multimask_output: Option<bool>,
+}
+
+/// Limits applied to prompts.
+#[derive(Debug, Clone, Copy)]
+pub struct PromptLimits {
+    /// Most points per prompt.
+    pub max_points: usize,
+    /// Most prompts per request.
+    pub max_prompts: usize,
+}
+
+/// Validates the prompts of one request against the image and converts them to the
+/// decoder's frame.
+///
+/// `default_multimask` is the request-level override of the per-prompt default.
+pub fn prepare_prompts(
+    prompts: &[Prompt],
+    default_multimask: Option<bool>,
+    limits: PromptLimits,
+    spec: &ModelSpec,
+    emb: &Embedding,
+    model: &Arc<str>,
+    image_id: &Arc<str>,
+    store: &MaskStore,
+) -> Result<Vec<DecoderPrompt>, ApiError> {
+    if prompts.is_empty() {
+        return Err(ApiError::prompt("no prompts given"));
+    }
+    if prompts.len() > limits.max_prompts {
+        return Err(ApiError::prompt(format!(
+            "{} prompts given, the limit is {}",
+            prompts.len(),
+            limits.max_prompts
+        )));
+    }
+    let (w, h) = (emb.width as f64, emb.height as f64);
+    let sx = emb.resized_width as f64 / w;
+    let sy = emb.resized_height as f64 / h;
+    let in_range = |what: &str, i: usize, x: f64, y: f64| -> Result<(), ApiError> {
+        if !x.is_finite() || !y.is_finite() {
+            return Err(ApiError::prompt(format!(
+                "prompt {i}: {what} has a non-finite coordinate"
+            )));
+        }
+        if x < 0.0 || y < 0.0 || x > w || y > h {
+            return Err(ApiError::prompt(format!(
+                "prompt {i}: {what} ({x}, {y}) is outside the {w}x{h} image"
+            )));
+        }
+        Ok(())
+    };
+    let mut out = Vec::with_capacity(prompts.len());
+    for (i, p) in prompts.iter().enumerate() {
+        if p.points.is_empty() && p.r#box.is_none() && p.mask_input.is_none() {
+            return Err(ApiError::prompt(format!(
+                "prompt {i} is empty: give points, a box or a mask_input"
+            )));
+        }
+        if p.points.len() > limits.max_points {
+            return Err(ApiError::prompt(format!(
+                "prompt {i}: {} points, the limit is {}",
+                p.points.len(),
+                limits.max_points
+            )));
+        }
+        let mut coords = Vec::with_capacity(p.points.len() + 2);
+        let mut labels = Vec::with_capacity(p.points.len() + 2);
+        for (j, pt) in p.points.iter().enumerate() {
+            in_range(&format!("point {j}"), i, pt.x, pt.y)?;
+            if pt.label != 0 && pt.label != 1 {
+                return Err(ApiError::prompt(format!(
+                    "prompt {i}: point {j} has label {}, expected 1 (foreground) or 0 (background)",
+                    pt.label
+                )));
+            }
+            coords.push([(pt.x * sx) as f32, (pt.y * sy) as f32]);
+            labels.push(pt.label as f32);
+        }
+        if let Some([x0, y0, x1, y1]) = p.r#box {
+            in_range("box corner", i, x0, y0)?;
+            in_range("box corner", i, x1, y1)?;
+            if x1 < x0 || y1 < y0 {
+                return Err(ApiError::prompt(format!(
+                    "prompt {i}: box [{x0}, {y0}, {x1}, {y1}] is inverted (need x0 <= x1, y0 <= y1)"
+                )));
+            }
+            coords.push([(x0 * sx) as f32, (y0 * sy) as f32]);
+            labels.push(2.0);
+            coords.push([(x1 * sx) as f32, (y1 * sy) as f32]);
+            labels.push(3.0);
+        } else {
+            // The ONNX decoder expects the padding point that SAM's prompt encoder adds
+            // when there is no box.
+            coords.push([0.0, 0.0]);
+            labels.push(-1.0);
+        }
+        let mask_input = match &p.mask_input {
+            None => None,
+            Some(handle) => {
+                let stored = store.get(handle).ok_or_else(|| {
+                    ApiError::prompt(format!(
+                        "prompt {i}: mask_input '{handle}' is unknown or expired"
+                    ))
+                })?;
+                if stored.model != *model || stored.image_id != *image_id {
+                    return Err(ApiError::prompt(format!(
+                        "prompt {i}: mask_input '{handle}' belongs to another image or model"
+                    )));
+                }
+                let [mh, mw] = spec.low_res_size;
+                if stored.data.len() != mh * mw {
+                    return Err(ApiError::prompt(format!(
+                        "prompt {i}: mask_input '{handle}' has the wrong size"
+                    )));
+                }
+                Some(stored.data.clone())
+            }
+        };
+        let multimask = p
+            .multimask_output
+            .or(default_multimask)
+            .unwrap_or(p.points.len() == 1 && p.r#box.is_none());
+        let tokens = if multimask && spec.mask_tokens >= 4 {
+            vec![1, 2, 3]
+        } else {
+            vec![0]
+        };
+        out.push(DecoderPrompt {
+            coords,
+            labels,
+            mask_input,
+            tokens,
+        });
+    }
+    Ok(out)
+}

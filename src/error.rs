@@ -1,0 +1,169 @@
+//! The one error type of the server, its HTTP status table and its JSON shape.
+//!
+//! Every failure a client can see goes through [`ApiError`]. The status and the machine
+//! readable `code` come from [`ApiError::kind`], so there is exactly one table to read.
+//! 5xx bodies carry a generic message; the detail goes to the log only.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Errors returned by the API.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// The request body or a parameter is malformed (bad JSON, bad multipart, bad base64).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The image bytes could not be decoded.
+    #[error("{0}")]
+    InvalidImage(String),
+    /// An image id, model or other resource does not exist.
+    #[error("{what} '{id}' not found")]
+    NotFound { what: &'static str, id: String },
+    /// A client-computed image id does not match the content hash.
+    #[error("{0}")]
+    HashMismatch(String),
+    /// The body or the image's pixel count exceeds a configured limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// The content type or image format is not supported.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The prompt is well-formed JSON but semantically invalid.
+    #[error("{0}")]
+    InvalidPrompt(String),
+    /// Admission control refused the request; retry after the given seconds.
+    #[error("server overloaded: {reason}")]
+    Overloaded {
+        reason: &'static str,
+        retry_after_secs: u64,
+    },
+    /// The server has not finished loading its models.
+    #[error("server is not ready")]
+    NotReady,
+    /// The request exceeded its deadline.
+    #[error("request deadline exceeded")]
+    Timeout,
+    /// Anything else. The detail is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The stable categories clients can branch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    BadRequest,
+    InvalidImage,
+    NotFound,
+    HashMismatch,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    InvalidPrompt,
+    Overloaded,
+    NotReady,
+    Timeout,
+    Internal,
+}
+
+impl ErrorKind {
+    /// The single table from error kind to HTTP status and wire code.
+    pub fn status_and_code(self) -> (StatusCode, &'static str) {
+        match self {
+            ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "bad_request"),
+            ErrorKind::InvalidImage => (StatusCode::BAD_REQUEST, "invalid_image"),
+            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ErrorKind::HashMismatch => (StatusCode::BAD_REQUEST, "hash_mismatch"),
+            ErrorKind::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ErrorKind::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ErrorKind::InvalidPrompt => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_prompt"),
+            ErrorKind::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+            ErrorKind::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            ErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl ApiError {
+    /// The category of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ApiError::BadRequest(_) => ErrorKind::BadRequest,
+            ApiError::InvalidImage(_) => ErrorKind::InvalidImage,
+            ApiError::NotFound { .. } => ErrorKind::NotFound,
+            ApiError::HashMismatch(_) => ErrorKind::HashMismatch,
+            ApiError::PayloadTooLarge(_) => ErrorKind::PayloadTooLarge,
+            ApiError::UnsupportedMediaType(_) => ErrorKind::UnsupportedMediaType,
+            ApiError::InvalidPrompt(_) => ErrorKind::InvalidPrompt,
+            ApiError::Overloaded { .. } => ErrorKind::Overloaded,
+            ApiError::NotReady => ErrorKind::NotReady,
+            ApiError::Timeout => ErrorKind::Timeout,
+            ApiError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Shorthand for an internal error from anything displayable.
+    pub fn internal(err: impl std::fmt::Display) -> Self {
+        ApiError::Internal(err.to_string())
+    }
+
+    /// Shorthand for an invalid prompt.
+    pub fn prompt(msg: impl Into<String>) -> Self {
+        ApiError::InvalidPrompt(msg.into())
+    }
+
+    /// The message sent to the client: the detail for 4xx, a generic line for 5xx.
+    pub fn public_message(&self) -> String {
+        match self {
+            ApiError::Internal(_) => "internal server error".to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// The JSON error body: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// Inner part of [`ErrorBody`].
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `invalid_prompt`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.kind().status_and_code();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_string(),
+                message: self.public_message(),
+            },
+        };
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let ApiError::Overloaded {
+            retry_after_secs, ..
+        } = self
+        {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs.max(1)),
+            );
+        }
+        resp
+    }
+}
+
+/// Result alias used across the crate.
+pub type ApiResult<T> = Result<T, ApiError>;

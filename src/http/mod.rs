@@ -1,0 +1,131 @@
+//! HTTP layer: routes, request/response types, OpenAPI. Handlers are thin wrappers over
+//! [`crate::core::engine::Engine`].
+
+pub mod body;
+pub mod images;
+pub mod openapi;
+pub mod system;
+pub mod types;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+
+use crate::core::engine::Engine;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// State shared by handlers.
+///
+/// The engine slot starts empty so the server can listen (and answer `/healthz`, and 503
+/// elsewhere) while models load.
+#[derive(Clone)]
+pub struct AppState {
+    engine: Arc<OnceLock<Arc<Engine>>>,
+    /// Metrics registry (shared with the engine once it exists).
+    pub metrics: Arc<Metrics>,
+    /// Body size limit in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl AppState {
+    /// A state whose engine is still loading.
+    pub fn loading(metrics: Arc<Metrics>, max_body_bytes: usize) -> Self {
+        AppState {
+            engine: Arc::new(OnceLock::new()),
+            metrics,
+            max_body_bytes,
+        }
+    }
+
+    /// A state with a ready engine.
+    pub fn ready(engine: Arc<Engine>, max_body_bytes: usize) -> Self {
+        let state = Self::loading(engine.metrics.clone(), max_body_bytes);
+        state.set_engine(engine);
+        state
+    }
+
+    /// Installs the engine once loading finished.
+    pub fn set_engine(&self, engine: Arc<Engine>) {
+        let _ = self.engine.set(engine);
+    }
+
+    /// The engine, or 503 while models load.
+    pub fn engine(&self) -> Result<&Arc<Engine>, ApiError> {
+        self.engine.get().ok_or(ApiError::NotReady)
+    }
+}
+
+/// Builds the application router.
+pub fn router(state: AppState) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route("/v1/images", post(images::upload))
+        .route(
+            "/v1/images/{image_id}",
+            put(images::put_image)
+                .get(images::get_image)
+                .head(images::head_image)
+                .delete(images::delete_image),
+        )
+        .route("/v1/images/{image_id}/segment", post(images::segment))
+        .route("/v1/segment", post(images::segment_inline))
+        .route("/v1/models", get(system::models))
+        .route("/healthz", get(system::healthz))
+        .route("/readyz", get(system::readyz))
+        .route("/metrics", get(system::metrics))
+        .route("/openapi.json", get(system::openapi_json))
+        .route("/docs", get(system::docs))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), track_metrics))
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::NotFound {
+        what: "route",
+        id: req.uri().path().to_string(),
+    }
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    let msg = format!(
+        "method {} is not allowed on {}",
+        req.method(),
+        req.uri().path()
+    );
+    let body = crate::error::ErrorBody {
+        error: crate::error::ErrorDetail {
+            code: "method_not_allowed".into(),
+            message: msg,
+        },
+    };
+    (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+}
+
+/// Counts requests and records latency by matched route, method and status.
+async fn track_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let m = &state.metrics;
+    m.http_request_duration_seconds
+        .with_label_values(&[&route, &method])
+        .observe(start.elapsed().as_secs_f64());
+    m.http_requests_total
+        .with_label_values(&[&route, &method, resp.status().as_str()])
+        .inc();
+    resp
+}

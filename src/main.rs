@@ -1,0 +1,63 @@
+//! The `samserve` binary: parse configuration, load models, serve HTTP.
+
+use std::sync::Arc;
+
+use std::future::IntoFuture;
+
+use clap::Parser;
+use samserve::config::Config;
+use samserve::core::engine::Engine;
+use samserve::http::{router, AppState};
+use samserve::metrics::Metrics;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    init_tracing(&config.log_format);
+    tracing::info!(?config, "starting samserve");
+    let metrics = Arc::new(Metrics::new());
+    let state = AppState::loading(metrics.clone(), config.max_body_bytes);
+    let addr = config.listen_addr()?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "listening; /readyz answers 503 until the models are loaded");
+    let server = tokio::spawn(
+        axum::serve(listener, router(state.clone()))
+            .with_graceful_shutdown(shutdown_signal())
+            .into_future(),
+    );
+    // A model that fails to load stops the process: serving without it would hide the
+    // misconfiguration behind 503s.
+    let engine = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Engine::start(&config, metrics)).await??
+    };
+    state.set_engine(engine);
+    tracing::info!("ready");
+    server.await??;
+    Ok(())
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,170 @@
+//! Every Prometheus metric of the server, defined in one place.
+//!
+//! Each server instance owns its own [`Registry`], so several servers in one process (the
+//! integration tests) do not mix their counts.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Latency buckets from 100 µs to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// The metrics registry and handles.
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP requests by route, method and status.
+    pub http_requests_total: IntCounterVec,
+    /// HTTP request latency by route and method.
+    pub http_request_duration_seconds: HistogramVec,
+    /// Image decode latency (bytes to RGB pixels).
+    pub image_decode_seconds: HistogramVec,
+    /// Resize, normalize and pad latency.
+    pub preprocess_seconds: HistogramVec,
+    /// Encoder run time, by model.
+    pub encoder_seconds: HistogramVec,
+    /// Encoder runs, by model.
+    pub encoder_runs_total: IntCounterVec,
+    /// Decoder run time per call, by model.
+    pub decoder_seconds: HistogramVec,
+    /// Prompts decoded, by model.
+    pub decoder_prompts_total: IntCounterVec,
+    /// Embedding-cache hits, by model.
+    pub cache_hits_total: IntCounterVec,
+    /// Embedding-cache misses, by model.
+    pub cache_misses_total: IntCounterVec,
+    /// Entries in the embedding cache.
+    pub cache_entries: IntGauge,
+    /// Weighted size of the embedding cache in bytes.
+    pub cache_bytes: IntGauge,
+    /// Jobs waiting in each worker queue.
+    pub queue_depth: IntGaugeVec,
+    /// Requests refused by admission control, by reason.
+    pub rejected_total: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let metrics = Metrics {
+            http_requests_total: counter(
+                "samserve_http_requests_total",
+                "HTTP requests by route, method and status code.",
+                &["route", "method", "status"],
+            ),
+            http_request_duration_seconds: histogram(
+                "samserve_http_request_duration_seconds",
+                "HTTP request latency.",
+                &["route", "method"],
+            ),
+            image_decode_seconds: histogram(
+                "samserve_image_decode_seconds",
+                "Time to decode image bytes into RGB pixels.",
+                &["format"],
+            ),
+            preprocess_seconds: histogram(
+                "samserve_preprocess_seconds",
+                "Time to resize, normalize and pad an image for the encoder.",
+                &["model"],
+            ),
+            encoder_seconds: histogram(
+                "samserve_encoder_seconds",
+                "Image encoder run time.",
+                &["model"],
+            ),
+            encoder_runs_total: counter(
+                "samserve_encoder_runs_total",
+                "Image encoder runs.",
+                &["model"],
+            ),
+            decoder_seconds: histogram(
+                "samserve_decoder_seconds",
+                "Mask decoder run time per call.",
+                &["model"],
+            ),
+            decoder_prompts_total: counter(
+                "samserve_decoder_prompts_total",
+                "Prompts run through the mask decoder.",
+                &["model"],
+            ),
+            cache_hits_total: counter(
+                "samserve_cache_hits_total",
+                "Embedding cache hits.",
+                &["model"],
+            ),
+            cache_misses_total: counter(
+                "samserve_cache_misses_total",
+                "Embedding cache misses (each one costs an encoder run).",
+                &["model"],
+            ),
+            cache_entries: gauge(
+                "samserve_cache_entries",
+                "Image embeddings held in the cache.",
+            ),
+            cache_bytes: gauge("samserve_cache_bytes", "Bytes held by the embedding cache."),
+            queue_depth: {
+                let g = IntGaugeVec::new(
+                    Opts::new("samserve_queue_depth", "Jobs waiting in a worker queue."),
+                    &["queue"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
+            rejected_total: counter(
+                "samserve_rejected_requests_total",
+                "Requests refused by admission control, by reason.",
+                &["reason"],
+            ),
+            registry,
+        };
+        metrics
+    }
+
+    /// Renders the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,114 @@
+//! The model manifest: a small JSON file next to a model's ONNX files.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// File name of the manifest inside a model folder.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// What a model folder declares about itself. Input/output names and shapes are read from
+/// the ONNX sessions, not from here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Name clients use to address the model.
+    pub name: String,
+    /// Model family, e.g. `sam` or `mobile_sam`.
+    #[serde(default = "default_family")]
+    pub family: String,
+    /// Encoder ONNX file, relative to the manifest's folder.
+    pub encoder: String,
+    /// Decoder ONNX file, relative to the manifest's folder.
+    pub decoder: String,
+    /// Length of the longest image side the encoder expects (1024 for SAM).
+    pub input_size: u32,
+    /// Per-channel RGB mean in 0-255 units.
+    #[serde(default = "default_mean")]
+    pub pixel_mean: [f32; 3],
+    /// Per-channel RGB standard deviation in 0-255 units.
+    #[serde(default = "default_std")]
+    pub pixel_std: [f32; 3],
+    /// Free-form description shown by `GET /v1/models`.
+    #[serde(default)]
+    pub description: String,
+}
+
+fn default_family() -> String {
+    "sam".to_string()
+}
+
+fn default_mean() -> [f32; 3] {
+    [123.675, 116.28, 103.53]
+}
+
+fn default_std() -> [f32; 3] {
+    [58.395, 57.12, 57.375]
+}
+
+impl Manifest {
+    /// Parses and validates a manifest.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let m: Manifest = serde_json::from_str(text).context("invalid manifest JSON")?;
+        if m.name.is_empty() || m.name.contains('/') {
+            bail!("manifest name must be non-empty and contain no '/'");
+        }
+        if m.input_size < 16 {
+            bail!("manifest input_size {} is too small", m.input_size);
+        }
+        if m.pixel_std.iter().any(|s| !s.is_finite() || *s <= 0.0) {
+            bail!("manifest pixel_std must be positive");
+        }
+        Ok(m)
+    }
+}
+
+/// A model's manifest with its ONNX files resolved to bytes.
+pub struct ModelFiles {
+    /// The parsed manifest.
+    pub manifest: Manifest,
+    /// Encoder ONNX bytes.
+    pub encoder: Vec<u8>,
+    /// Decoder ONNX bytes.
+    pub decoder: Vec<u8>,
+    /// Where the model came from, for logs and `/v1/models`.
+    pub source: String,
+}
+
+impl ModelFiles {
+    /// Reads a model folder (or a manifest file path).
+    pub fn from_dir(path: &Path) -> anyhow::Result<Self> {
+        let manifest_path: PathBuf = if path.is_dir() {
+            path.join(MANIFEST_FILE)
+        } else {
+            path.to_path_buf()
+        };
+        let dir = manifest_path.parent().unwrap_or(Path::new("."));
+        let text = std::fs::read_to_string(&manifest_path)
+            .with_context(|| format!("reading {}", manifest_path.display()))?;
+        let manifest =
+            Manifest::parse(&text).with_context(|| format!("in {}", manifest_path.display()))?;
+        let read = |file: &str| {
+            let p = dir.join(file);
+            std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
+        };
+        Ok(ModelFiles {
+            encoder: read(&manifest.encoder)?,
+            decoder: read(&manifest.decoder)?,
+            manifest,
+            source: dir.display().to_string(),
+        })
+    }
+
+    /// The default model compiled into the binary, so `samserve` runs with no files around.
+    pub fn embedded_default() -> anyhow::Result<Self> {
+        let manifest = Manifest::parse(include_str!("../../models/sam-tiny/manifest.json"))
+            .context("embedded default manifest")?;
+        Ok(ModelFiles {
+            manifest,
+            encoder: include_bytes!("../../models/sam-tiny/encoder.onnx").to_vec(),
+            decoder: include_bytes!("../../models/sam-tiny/decoder.onnx").to_vec(),
+            source: "embedded".to_string(),
+        })
+    }
+}

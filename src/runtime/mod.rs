@@ -1,0 +1,7 @@
+//! Model runtime: ONNX Runtime sessions, model loading, pre- and post-processing.
+
+pub mod manifest;
+pub mod model;
+pub mod ort_env;
+pub mod preprocess;
+pub mod resize;

@@ -1,0 +1,553 @@
+//! ONNX sessions of a SAM model: signature detection, encoder and decoder runs.
+//!
+//! Names and shapes are read from the sessions, so SAM variants with other embedding
+//! widths, grids or input lengths load without code changes. Signatures that are not
+//! understood are refused at start with a message that lists what was found.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context};
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{Session, SessionInputValue};
+use ort::value::TensorRef;
+
+use super::manifest::{Manifest, ModelFiles};
+use super::preprocess::PreparedImage;
+
+/// How the encoder wants its pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncoderInput {
+    /// `[1, 3, L, L]` float32, normalized with mean/std, zero-padded bottom-right (official).
+    NchwNormalized,
+    /// `[h, w, 3]` float32 0-255, resized to the long side; the graph normalizes and pads
+    /// (samexporter style).
+    HwcRaw,
+}
+
+/// Everything the server needs to know about a loaded model.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelSpec {
+    /// Name used in requests.
+    pub name: String,
+    /// Family from the manifest.
+    pub family: String,
+    /// Description from the manifest.
+    pub description: String,
+    /// Where the files came from.
+    pub source: String,
+    /// Long-side length L.
+    pub input_size: usize,
+    /// RGB mean (0-255 units).
+    pub pixel_mean: [f32; 3],
+    /// RGB std (0-255 units).
+    pub pixel_std: [f32; 3],
+    /// Encoder input layout.
+    pub encoder_input: EncoderInput,
+    #[serde(skip)]
+    encoder_input_name: String,
+    #[serde(skip)]
+    encoder_output_name: String,
+    /// Embedding shape `[1, C, gh, gw]`.
+    pub embedding_shape: [usize; 4],
+    /// Low-resolution mask size `(h, w)` of `mask_input` and `low_res_masks`.
+    pub low_res_size: [usize; 2],
+    /// Whether the decoder accepts a batch of prompts per call (axis 0 dynamic).
+    pub decoder_batched: bool,
+    /// Whether the decoder upsamples masks to the original size itself (`orig_im_size`).
+    pub decoder_full_res: bool,
+    /// Number of mask tokens the decoder outputs (4 for SAM).
+    pub mask_tokens: usize,
+}
+
+/// A computed image embedding plus the geometry needed to map prompts and masks.
+#[derive(Debug)]
+pub struct Embedding {
+    /// Row-major `[1, C, gh, gw]` values.
+    pub data: Vec<f32>,
+    /// Shape of `data`.
+    pub shape: [usize; 4],
+    /// Original (upright) image width.
+    pub width: u32,
+    /// Original (upright) image height.
+    pub height: u32,
+    /// Width after the long-side resize.
+    pub resized_width: u32,
+    /// Height after the long-side resize.
+    pub resized_height: u32,
+}
+
+impl Embedding {
+    /// Approximate heap size, for the cache's byte budget.
+    pub fn weight_bytes(&self) -> usize {
+        self.data.len() * std::mem::size_of::<f32>() + 128
+    }
+}
+
+/// One prompt in model-frame coordinates, ready for the decoder.
+#[derive(Debug, Clone)]
+pub struct DecoderPrompt {
+    /// `(x, y)` pairs in the model frame.
+    pub coords: Vec<[f32; 2]>,
+    /// Labels: -1 padding, 0 background, 1 foreground, 2 box top-left, 3 box bottom-right.
+    pub labels: Vec<f32>,
+    /// Optional low-res logits `[mh * mw]` from an earlier call.
+    pub mask_input: Option<Arc<Vec<f32>>>,
+    /// Mask tokens to return (e.g. `[0]` or `[1, 2, 3]`).
+    pub tokens: Vec<usize>,
+}
+
+/// One mask token's answer.
+#[derive(Debug)]
+pub struct TokenOutput {
+    /// Token index in the decoder's output.
+    pub token: usize,
+    /// Predicted IoU.
+    pub score: f32,
+    /// Logits at the original image size, row-major `height x width`.
+    pub logits: Vec<f32>,
+    /// Low-resolution logits `low_res_size`, for refinement.
+    pub low_res: Vec<f32>,
+}
+
+fn build_session(
+    env: &ort::environment::Environment,
+    bytes: &[u8],
+    threads: usize,
+) -> anyhow::Result<Session> {
+    let mut builder = Session::builder(env)
+        .map_err(|e| anyhow!("{e}"))?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| anyhow!("{e}"))?;
+    if threads > 0 {
+        builder = builder
+            .with_intra_threads(threads)
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    builder
+        .commit_from_memory(bytes)
+        .map_err(|e| anyhow!("creating session: {e}"))
+}
+
+fn describe(outlets: &[ort::value::Outlet]) -> String {
+    outlets
+        .iter()
+        .map(|o| format!("{}: {}", o.name(), o.dtype()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn shape_of(outlet: &ort::value::Outlet) -> Vec<i64> {
+    outlet
+        .dtype()
+        .tensor_shape()
+        .map(|s| s.to_vec())
+        .unwrap_or_default()
+}
+
+const DECODER_INPUTS: [&str; 5] = [
+    "image_embeddings",
+    "point_coords",
+    "point_labels",
+    "mask_input",
+    "has_mask_input",
+];
+
+/// The ONNX sessions of one model and what was learned about them.
+pub struct ModelSessions {
+    /// The inferred spec.
+    pub spec: Arc<ModelSpec>,
+    /// The encoder session.
+    pub encoder: EncoderSession,
+    /// One decoder session per decoder worker.
+    pub decoders: Vec<DecoderSession>,
+}
+
+/// Loads a model, checks its signatures and runs one warm-up encode + decode to learn the
+/// embedding and low-res shapes.
+pub fn load_model(
+    env: &ort::environment::Environment,
+    files: &ModelFiles,
+    encoder_threads: usize,
+    decoder_threads: usize,
+    decoder_workers: usize,
+) -> anyhow::Result<ModelSessions> {
+    let m: &Manifest = &files.manifest;
+    let encoder = build_session(env, &files.encoder, encoder_threads)
+        .with_context(|| format!("model '{}': encoder", m.name))?;
+    let enc_inputs = encoder.inputs();
+    if enc_inputs.len() != 1 || encoder.outputs().is_empty() {
+        bail!(
+            "model '{}': unsupported encoder signature (inputs: [{}]); expected one image input",
+            m.name,
+            describe(enc_inputs)
+        );
+    }
+    let enc_in = &enc_inputs[0];
+    let in_shape = shape_of(enc_in);
+    let l = m.input_size as i64;
+    let encoder_input = match in_shape.as_slice() {
+        [_, 3, h, w] if (*h == -1 || *h == l) && (*w == -1 || *w == l) => {
+            EncoderInput::NchwNormalized
+        }
+        [_, _, 3] => EncoderInput::HwcRaw,
+        _ => bail!(
+            "model '{}': unsupported encoder input {} (expected [1, 3, {l}, {l}] normalized NCHW \
+             or [h, w, 3] 0-255 HWC; EfficientSAM/EdgeSAM-style encoders are not supported)",
+            m.name,
+            describe(enc_inputs)
+        ),
+    };
+    let enc_out = encoder
+        .outputs()
+        .iter()
+        .find(|o| o.name() == "image_embeddings")
+        .unwrap_or(&encoder.outputs()[0]);
+    let encoder_output_name = enc_out.name().to_string();
+    let encoder_input_name = enc_in.name().to_string();
+
+    let decoder = build_session(env, &files.decoder, decoder_threads)
+        .with_context(|| format!("model '{}': decoder", m.name))?;
+    let names: Vec<&str> = decoder.inputs().iter().map(|o| o.name()).collect();
+    let missing: Vec<&str> = DECODER_INPUTS
+        .iter()
+        .copied()
+        .filter(|n| !names.contains(n))
+        .collect();
+    let out_names: Vec<&str> = decoder.outputs().iter().map(|o| o.name()).collect();
+    if !missing.is_empty()
+        || !out_names.contains(&"iou_predictions")
+        || !out_names.contains(&"low_res_masks")
+    {
+        bail!(
+            "model '{}': unsupported decoder signature: inputs [{}], outputs [{}]; expected the \
+             official SAM decoder (inputs {:?} and optionally orig_im_size; outputs \
+             iou_predictions, low_res_masks and optionally masks)",
+            m.name,
+            describe(decoder.inputs()),
+            describe(decoder.outputs()),
+            DECODER_INPUTS
+        );
+    }
+    let coords_in = decoder
+        .inputs()
+        .iter()
+        .find(|o| o.name() == "point_coords")
+        .expect("checked above");
+    let decoder_batched = shape_of(coords_in).first().copied() == Some(-1);
+    let decoder_full_res = names.contains(&"orig_im_size") && out_names.contains(&"masks");
+
+    let mut spec = ModelSpec {
+        name: m.name.clone(),
+        family: m.family.clone(),
+        description: m.description.clone(),
+        source: files.source.clone(),
+        input_size: m.input_size as usize,
+        pixel_mean: m.pixel_mean,
+        pixel_std: m.pixel_std,
+        encoder_input,
+        encoder_input_name,
+        encoder_output_name,
+        embedding_shape: [0; 4],
+        low_res_size: [0; 2],
+        decoder_batched,
+        decoder_full_res,
+        mask_tokens: 0,
+    };
+
+    // Warm-up: a blank image through both graphs tells the shapes that are dynamic in
+    // the file and proves the pair runs before the server reports ready.
+    let mut encoder = EncoderSession {
+        session: encoder,
+        spec: Arc::new(spec.clone()),
+    };
+    let probe = super::preprocess::prepare(
+        &image::RgbImage::new(
+            spec.input_size as u32,
+            (spec.input_size as u32 * 3 / 4).max(1),
+        ),
+        &encoder.spec,
+    );
+    let emb = encoder
+        .encode(&probe)
+        .with_context(|| format!("model '{}': warm-up encode", m.name))?;
+    spec.embedding_shape = emb.shape;
+    let mut decoder = DecoderSession {
+        session: decoder,
+        spec: Arc::new(spec.clone()),
+    };
+    let (low_res, tokens) = decoder
+        .probe(&emb)
+        .with_context(|| format!("model '{}': warm-up decode", m.name))?;
+    spec.low_res_size = low_res;
+    spec.mask_tokens = tokens;
+    if tokens < 1 {
+        bail!("model '{}': decoder returns no masks", m.name);
+    }
+    let spec = Arc::new(spec);
+    encoder.spec = spec.clone();
+    decoder.spec = spec.clone();
+    let mut decoders = vec![decoder];
+    for _ in 1..decoder_workers.max(1) {
+        decoders.push(DecoderSession {
+            session: build_session(env, &files.decoder, decoder_threads)?,
+            spec: spec.clone(),
+        });
+    }
+    Ok(ModelSessions {
+        spec,
+        encoder,
+        decoders,
+    })
+}
+
+/// The image encoder session of one model. Not shared: it lives on the encoder thread.
+pub struct EncoderSession {
+    session: Session,
+    spec: Arc<ModelSpec>,
+}
+
+impl EncoderSession {
+    /// Runs the encoder on a prepared image.
+    pub fn encode(&mut self, img: &PreparedImage) -> anyhow::Result<Embedding> {
+        let input = TensorRef::from_array_view((img.shape.clone(), &img.tensor[..]))
+            .map_err(|e| anyhow!("{e}"))?;
+        let outputs = self
+            .session
+            .run(vec![(
+                Cow::Borrowed(self.spec.encoder_input_name.as_str()),
+                SessionInputValue::from(input),
+            )])
+            .map_err(|e| anyhow!("encoder run: {e}"))?;
+        let (shape, data) = outputs[self.spec.encoder_output_name.as_str()]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| anyhow!("encoder output: {e}"))?;
+        let shape: Vec<usize> = shape.iter().map(|d| *d as usize).collect();
+        let shape: [usize; 4] = match shape.as_slice() {
+            [1, c, h, w] => [1, *c, *h, *w],
+            [c, h, w] => [1, *c, *h, *w],
+            other => bail!("encoder output has shape {other:?}, expected [1, C, h, w]"),
+        };
+        Ok(Embedding {
+            data: data.to_vec(),
+            shape,
+            width: img.width,
+            height: img.height,
+            resized_width: img.resized_width,
+            resized_height: img.resized_height,
+        })
+    }
+}
+
+/// A mask decoder session. Each decoder worker owns one.
+pub struct DecoderSession {
+    session: Session,
+    spec: Arc<ModelSpec>,
+}
+
+impl DecoderSession {
+    /// The spec this session runs for.
+    pub fn spec(&self) -> &Arc<ModelSpec> {
+        &self.spec
+    }
+
+    fn probe(&mut self, emb: &Embedding) -> anyhow::Result<([usize; 2], usize)> {
+        let prompt = DecoderPrompt {
+            coords: vec![[0.0, 0.0]],
+            labels: vec![-1.0],
+            mask_input: None,
+            tokens: vec![],
+        };
+        let raw = self.run_raw(emb, &[prompt], None)?;
+        Ok((raw.low_res_hw, raw.tokens))
+    }
+
+    /// Decodes a batch of prompts against one embedding. Prompts are padded to a common
+    /// point count with `(0, 0, -1)`; decoders with a fixed batch of one run one by one.
+    pub fn decode(
+        &mut self,
+        emb: &Embedding,
+        prompts: &[DecoderPrompt],
+    ) -> anyhow::Result<Vec<Vec<TokenOutput>>> {
+        if prompts.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !self.spec.decoder_batched {
+            let mut out = Vec::with_capacity(prompts.len());
+            for p in prompts {
+                out.extend(self.decode_batch(emb, std::slice::from_ref(p))?);
+            }
+            return Ok(out);
+        }
+        // Keep each call's full-resolution output (B x tokens x H x W floats) bounded.
+        let per_prompt =
+            self.spec.mask_tokens.max(1) * (emb.width as usize) * (emb.height as usize);
+        let max_batch = (MAX_OUTPUT_FLOATS / per_prompt.max(1)).clamp(1, 256);
+        let mut out = Vec::with_capacity(prompts.len());
+        for chunk in prompts.chunks(max_batch) {
+            out.extend(self.decode_batch(emb, chunk)?);
+        }
+        Ok(out)
+    }
+
+    fn decode_batch(
+        &mut self,
+        emb: &Embedding,
+        prompts: &[DecoderPrompt],
+    ) -> anyhow::Result<Vec<Vec<TokenOutput>>> {
+        let raw = self.run_raw(emb, prompts, Some(()))?;
+        let [mh, mw] = raw.low_res_hw;
+        let (h, w) = (emb.height as usize, emb.width as usize);
+        let tokens = raw.tokens;
+        let mut results = Vec::with_capacity(prompts.len());
+        for (b, p) in prompts.iter().enumerate() {
+            let mut outs = Vec::with_capacity(p.tokens.len());
+            for &t in &p.tokens {
+                if t >= tokens {
+                    bail!("mask token {t} requested but the decoder has {tokens}");
+                }
+                let lo = (b * tokens + t) * mh * mw;
+                let low_res = raw.low_res[lo..lo + mh * mw].to_vec();
+                let logits = match &raw.masks {
+                    Some(m) => {
+                        let off = (b * tokens + t) * h * w;
+                        m[off..off + h * w].to_vec()
+                    }
+                    None => super::resize::upscale_low_res_logits(
+                        &low_res,
+                        mw,
+                        mh,
+                        self.spec.input_size,
+                        emb.resized_width as usize,
+                        emb.resized_height as usize,
+                        w,
+                        h,
+                    ),
+                };
+                outs.push(TokenOutput {
+                    token: t,
+                    score: raw.iou[b * tokens + t],
+                    logits,
+                    low_res,
+                });
+            }
+            results.push(outs);
+        }
+        Ok(results)
+    }
+
+    fn run_raw(
+        &mut self,
+        emb: &Embedding,
+        prompts: &[DecoderPrompt],
+        want_masks: Option<()>,
+    ) -> anyhow::Result<RawDecoderOutput> {
+        let b = prompts.len();
+        let n = prompts
+            .iter()
+            .map(|p| p.coords.len())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let mut coords = vec![0f32; b * n * 2];
+        let mut labels = vec![-1f32; b * n];
+        for (i, p) in prompts.iter().enumerate() {
+            for (j, (c, l)) in p.coords.iter().zip(&p.labels).enumerate() {
+                coords[(i * n + j) * 2] = c[0];
+                coords[(i * n + j) * 2 + 1] = c[1];
+                labels[i * n + j] = *l;
+            }
+        }
+        let [mh, mw] = if self.spec.low_res_size[0] > 0 {
+            self.spec.low_res_size
+        } else {
+            // Before the probe we only know SAM's rule: 4x the embedding grid.
+            [emb.shape[2] * 4, emb.shape[3] * 4]
+        };
+        let mut mask_input = vec![0f32; b * mh * mw];
+        let mut has_mask = vec![0f32; b];
+        for (i, p) in prompts.iter().enumerate() {
+            if let Some(m) = &p.mask_input {
+                if m.len() != mh * mw {
+                    bail!("mask input has {} values, expected {}", m.len(), mh * mw);
+                }
+                mask_input[i * mh * mw..(i + 1) * mh * mw].copy_from_slice(m);
+                has_mask[i] = 1.0;
+            }
+        }
+        let orig = [emb.height as f32, emb.width as f32];
+        let t = tensor_input;
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
+            ("image_embeddings".into(), t(emb.shape.to_vec(), &emb.data)?),
+            ("point_coords".into(), t(vec![b, n, 2], &coords)?),
+            ("point_labels".into(), t(vec![b, n], &labels)?),
+            ("mask_input".into(), t(vec![b, 1, mh, mw], &mask_input)?),
+            ("has_mask_input".into(), t(vec![b], &has_mask)?),
+        ];
+        let has_orig_input = self
+            .session
+            .inputs()
+            .iter()
+            .any(|o| o.name() == "orig_im_size");
+        if has_orig_input {
+            inputs.push(("orig_im_size".into(), t(vec![2], &orig)?));
+        }
+        let full_res = want_masks.is_some() && self.spec.decoder_full_res;
+        let outputs = self
+            .session
+            .run(inputs)
+            .map_err(|e| anyhow!("decoder run: {e}"))?;
+        let (iou_shape, iou) = outputs["iou_predictions"]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| anyhow!("iou_predictions: {e}"))?;
+        let tokens = *iou_shape.last().unwrap_or(&0) as usize;
+        let (lr_shape, low_res) = outputs["low_res_masks"]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| anyhow!("low_res_masks: {e}"))?;
+        let lr: Vec<usize> = lr_shape.iter().map(|d| *d as usize).collect();
+        if lr.len() != 4 || lr[0] != b || lr[1] != tokens {
+            bail!("low_res_masks has shape {lr:?}, expected [{b}, {tokens}, h, w]");
+        }
+        let masks = if full_res {
+            let (m_shape, m) = outputs["masks"]
+                .try_extract_tensor::<f32>()
+                .map_err(|e| anyhow!("masks: {e}"))?;
+            let expect = [b as i64, tokens as i64, emb.height as i64, emb.width as i64];
+            if **m_shape != expect {
+                bail!(
+                    "masks has shape {:?}, expected {:?}",
+                    m_shape.to_vec(),
+                    expect
+                );
+            }
+            Some(m.to_vec())
+        } else {
+            None
+        };
+        Ok(RawDecoderOutput {
+            iou: iou.to_vec(),
+            tokens,
+            low_res: low_res.to_vec(),
+            low_res_hw: [lr[2], lr[3]],
+            masks,
+        })
+    }
+}
+
+fn tensor_input(shape: Vec<usize>, data: &[f32]) -> anyhow::Result<SessionInputValue<'_>> {
+    TensorRef::from_array_view((shape, data))
+        .map(SessionInputValue::from)
+        .map_err(|e| anyhow!("{e}"))
+}
+
+/// Upper bound on floats in one decoder call's full-resolution output (256 MiB).
+const MAX_OUTPUT_FLOATS: usize = 64 * 1024 * 1024;
+
+struct RawDecoderOutput {
+    iou: Vec<f32>,
+    tokens: usize,
+    low_res: Vec<f32>,
+    low_res_hw: [usize; 2],
+    masks: Option<Vec<f32>>,
+}

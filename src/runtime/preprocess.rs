@@ -1,0 +1,186 @@
+//! Image decoding and the reference SAM preprocessing (resize long side, normalize, pad).
+
+use std::io::Cursor;
+
+use image::{ImageDecoder, ImageFormat, ImageReader, RgbImage};
+
+use super::model::{EncoderInput, ModelSpec};
+use crate::error::ApiError;
+
+/// Formats the server decodes.
+pub const SUPPORTED_FORMATS: &str = "JPEG, PNG, WebP, BMP, TIFF, GIF";
+
+/// A decoded, upright 8-bit RGB image.
+pub struct DecodedImage {
+    /// The pixels after EXIF orientation.
+    pub rgb: RgbImage,
+    /// Short format name, e.g. `png`, for metrics.
+    pub format: &'static str,
+}
+
+fn format_name(f: ImageFormat) -> Option<&'static str> {
+    Some(match f {
+        ImageFormat::Jpeg => "jpeg",
+        ImageFormat::Png => "png",
+        ImageFormat::WebP => "webp",
+        ImageFormat::Bmp => "bmp",
+        ImageFormat::Tiff => "tiff",
+        ImageFormat::Gif => "gif",
+        _ => return None,
+    })
+}
+
+/// Decodes image bytes: sniffs the format, checks the pixel count from the header before
+/// decoding, applies the EXIF orientation and converts to 8-bit RGB (alpha dropped, as
+/// PIL's `convert("RGB")` does). GIFs yield their first frame.
+pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::InvalidImage("empty image body".into()));
+    }
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| ApiError::InvalidImage(format!("reading image: {e}")))?;
+    let format = reader.format().ok_or_else(|| {
+        ApiError::UnsupportedMediaType(format!(
+            "unrecognized image format (supported: {SUPPORTED_FORMATS})"
+        ))
+    })?;
+    let name = format_name(format).ok_or_else(|| {
+        ApiError::UnsupportedMediaType(format!(
+            "image format {format:?} is not supported (supported: {SUPPORTED_FORMATS})"
+        ))
+    })?;
+    let (w, h) = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(|e| ApiError::InvalidImage(format!("invalid {name} header: {e}")))?;
+    let pixels = w as u64 * h as u64;
+    if pixels == 0 {
+        return Err(ApiError::InvalidImage(format!(
+            "{name} image has zero size"
+        )));
+    }
+    if pixels > max_pixels {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "image is {w}x{h} = {pixels} pixels, over the limit of {max_pixels}"
+        )));
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    // RGBA16 of the allowed size plus slack for the decoder's own buffers.
+    limits.max_alloc = Some(pixels * 8 + (64 << 20));
+    reader.limits(limits);
+    let corrupt = |e: image::ImageError| match e {
+        image::ImageError::Limits(l) => {
+            ApiError::PayloadTooLarge(format!("image exceeds decoding limits: {l}"))
+        }
+        image::ImageError::Unsupported(u) => {
+            ApiError::UnsupportedMediaType(format!("unsupported {name} variant: {u}"))
+        }
+        other => ApiError::InvalidImage(format!("corrupt {name} image: {other}")),
+    };
+    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    img.apply_orientation(orientation);
+    Ok(DecodedImage {
+        rgb: img.into_rgb8(),
+        format: name,
+    })
+}
+
+/// The size after resizing the long side to `target`, with the reference rounding
+/// (`int(side * scale + 0.5)` in double precision).
+pub fn resized_size(width: u32, height: u32, target: usize) -> (u32, u32) {
+    let scale = target as f64 / width.max(height) as f64;
+    let w = (width as f64 * scale + 0.5) as u32;
+    let h = (height as f64 * scale + 0.5) as u32;
+    (w.max(1), h.max(1))
+}
+
+/// An image converted to the encoder's input tensor.
+pub struct PreparedImage {
+    /// Original width.
+    pub width: u32,
+    /// Original height.
+    pub height: u32,
+    /// Width after the long-side resize.
+    pub resized_width: u32,
+    /// Height after the long-side resize.
+    pub resized_height: u32,
+    /// Tensor values, row-major in `shape`.
+    pub tensor: Vec<f32>,
+    /// Tensor shape.
+    pub shape: Vec<usize>,
+}
+
+/// Resizes (PIL-compatible antialiased bilinear), then normalizes and zero-pads to
+/// `L x L` NCHW, or keeps 0-255 HWC for encoders that normalize inside the graph.
+pub fn prepare(rgb: &RgbImage, spec: &ModelSpec) -> PreparedImage {
+    let (w, h) = rgb.dimensions();
+    let l = spec.input_size;
+    let (nw, nh) = resized_size(w, h, l);
+    let resized;
+    let pixels: &[u8] = if (nw, nh) == (w, h) {
+        rgb.as_raw()
+    } else {
+        resized = super::resize::resize_rgb8_bilinear(rgb.as_raw(), w, h, nw, nh);
+        &resized
+    };
+    let (nw_us, nh_us) = (nw as usize, nh as usize);
+    let (tensor, shape) = match spec.encoder_input {
+        EncoderInput::NchwNormalized => {
+            let mut t = vec![0f32; 3 * l * l];
+            for c in 0..3 {
+                let mean = spec.pixel_mean[c];
+                let std = spec.pixel_std[c];
+                let plane = &mut t[c * l * l..(c + 1) * l * l];
+                for y in 0..nh_us {
+                    let row = &mut plane[y * l..y * l + nw_us];
+                    let src = &pixels[y * nw_us * 3..(y + 1) * nw_us * 3];
+                    for (x, v) in row.iter_mut().enumerate() {
+                        *v = (src[x * 3 + c] as f32 - mean) / std;
+                    }
+                }
+            }
+            (t, vec![1, 3, l, l])
+        }
+        EncoderInput::HwcRaw => (
+            pixels.iter().map(|&p| p as f32).collect(),
+            vec![nh_us, nw_us, 3],
+        ),
+    };
+    PreparedImage {
+        width: w,
+        height: h,
+        resized_width: nw,
+        resized_height: nh,
+        tensor,
+        shape,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resized_size_matches_reference_rounding() {
+        // scale = 1024/1200; 777 * scale = 663.04 -> 663
+        assert_eq!(resized_size(1200, 777, 1024), (1024, 663));
+        assert_eq!(resized_size(97, 211, 512), (235, 512));
+        assert_eq!(resized_size(512, 512, 512), (512, 512));
+        assert_eq!(resized_size(1, 5000, 1024), (1, 1024));
+    }
+
+    #[test]
+    fn garbage_is_unsupported_media_type() {
+        let err = decode_image(b"definitely not an image", 1 << 30)
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), crate::error::ErrorKind::UnsupportedMediaType);
+    }
+}

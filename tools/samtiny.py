@@ -1,0 +1,287 @@
+"""Shared helpers for the samserve model tooling.
+
+Builds a reduced-size Segment Anything model out of the classes of the
+`segment_anything` package, and defines the torch wrappers that are exported
+to ONNX:
+
+* ``EncoderNCHW``: normalized, padded ``image`` [1, 3, L, L] -> ``image_embeddings``.
+* ``EncoderHWC``: samexporter-style ``input_image`` [h, w, 3] (0-255, long side
+  already resized to L) -> normalize + pad inside the graph -> ``image_embeddings``.
+* ``PromptDecoder``: the official SAM ONNX decoder signature, with a dynamic
+  prompt-batch axis B (one image embedding shared by all B prompts).
+
+Nothing in here is copied from the segment-anything repository; the package is
+imported and its modules are used at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import partial
+from typing import Any, Dict
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from segment_anything.modeling import (
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TwoWayTransformer,
+)
+
+PIXEL_MEAN = [123.675, 116.28, 103.53]
+PIXEL_STD = [58.395, 57.12, 57.375]
+
+# Hyper-parameters of the tiny model. Stored verbatim in manifest.json under
+# "architecture" so that the reference pipeline can rebuild the torch model.
+TINY_ARCH: Dict[str, Any] = {
+    "image_size": 512,
+    "patch_size": 16,
+    "encoder_embed_dim": 96,
+    "encoder_depth": 2,
+    "encoder_num_heads": 4,
+    "encoder_mlp_ratio": 4.0,
+    "encoder_window_size": 8,
+    "encoder_global_attn_indexes": [1],
+    "encoder_use_rel_pos": True,
+    "encoder_qkv_bias": True,
+    "encoder_layernorm_eps": 1e-6,
+    "prompt_embed_dim": 64,
+    "mask_in_chans": 16,
+    "decoder_transformer_depth": 2,
+    "decoder_transformer_mlp_dim": 256,
+    "decoder_transformer_num_heads": 4,
+    "decoder_num_multimask_outputs": 3,
+    "decoder_iou_head_depth": 3,
+    "decoder_iou_head_hidden_dim": 64,
+}
+
+
+def build_sam(arch: Dict[str, Any]) -> Sam:
+    """Instantiate a Sam model (random init) from an architecture dict."""
+    L = int(arch["image_size"])
+    p = int(arch["patch_size"])
+    grid = L // p
+    C = int(arch["prompt_embed_dim"])
+    encoder = ImageEncoderViT(
+        img_size=L,
+        patch_size=p,
+        in_chans=3,
+        embed_dim=int(arch["encoder_embed_dim"]),
+        depth=int(arch["encoder_depth"]),
+        num_heads=int(arch["encoder_num_heads"]),
+        mlp_ratio=float(arch["encoder_mlp_ratio"]),
+        out_chans=C,
+        qkv_bias=bool(arch["encoder_qkv_bias"]),
+        norm_layer=partial(nn.LayerNorm, eps=float(arch["encoder_layernorm_eps"])),
+        use_rel_pos=bool(arch["encoder_use_rel_pos"]),
+        window_size=int(arch["encoder_window_size"]),
+        global_attn_indexes=tuple(arch["encoder_global_attn_indexes"]),
+    )
+    prompt = PromptEncoder(
+        embed_dim=C,
+        image_embedding_size=(grid, grid),
+        input_image_size=(L, L),
+        mask_in_chans=int(arch["mask_in_chans"]),
+    )
+    decoder = MaskDecoder(
+        transformer_dim=C,
+        transformer=TwoWayTransformer(
+            depth=int(arch["decoder_transformer_depth"]),
+            embedding_dim=C,
+            mlp_dim=int(arch["decoder_transformer_mlp_dim"]),
+            num_heads=int(arch["decoder_transformer_num_heads"]),
+        ),
+        num_multimask_outputs=int(arch["decoder_num_multimask_outputs"]),
+        iou_head_depth=int(arch["decoder_iou_head_depth"]),
+        iou_head_hidden_dim=int(arch["decoder_iou_head_hidden_dim"]),
+    )
+    sam = Sam(encoder, prompt, decoder, pixel_mean=PIXEL_MEAN, pixel_std=PIXEL_STD)
+    sam.eval()
+    return sam
+
+
+def load_manifest(model_dir: str) -> Dict[str, Any]:
+    with open(os.path.join(model_dir, "manifest.json")) as f:
+        return json.load(f)
+
+
+def load_sam(model_dir: str) -> Sam:
+    """Rebuild the torch model from manifest.json + checkpoint.pth."""
+    man = load_manifest(model_dir)
+    sam = build_sam(man["architecture"])
+    sd = torch.load(os.path.join(model_dir, man["checkpoint"]), map_location="cpu")
+    sam.load_state_dict(sd)
+    sam.eval()
+    return sam
+
+
+class EncoderNCHW(nn.Module):
+    """image [1,3,L,L] (normalized + padded) -> image_embeddings [1,C,L/16,L/16]."""
+
+    def __init__(self, sam: Sam) -> None:
+        super().__init__()
+        self.image_encoder = sam.image_encoder
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(image)
+
+
+class EncoderHWC(nn.Module):
+    """samexporter-style encoder.
+
+    input_image: float32 [h, w, 3], RGB 0-255, already resized so that the long
+    side is L. Normalizes with mean/std and zero-pads bottom/right to L x L
+    (zeros in normalized space, like Sam.preprocess) inside the graph.
+    """
+
+    def __init__(self, sam: Sam) -> None:
+        super().__init__()
+        self.image_encoder = sam.image_encoder
+        self.img_size = sam.image_encoder.img_size
+        self.register_buffer("mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), False)
+
+    def forward(self, input_image: torch.Tensor) -> torch.Tensor:
+        x = input_image.permute(2, 0, 1).unsqueeze(0)
+        x = (x - self.mean) / self.std
+        h = x.shape[2]
+        w = x.shape[3]
+        x = F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
+        return self.image_encoder(x)
+
+
+class PromptDecoder(nn.Module):
+    """Official SAM ONNX decoder signature with a dynamic prompt batch B.
+
+    Inputs (float32):
+      image_embeddings [1, C, h, w]
+      point_coords     [B, N, 2]   model frame (already scaled to the resized image)
+      point_labels     [B, N]      -1 pad, 0 bg, 1 fg, 2 box top-left, 3 box bottom-right
+      mask_input       [B, 1, 4h, 4w]
+      has_mask_input   [B]
+      orig_im_size     [2]         (H, W) as float
+    Outputs:
+      masks            [B, 4, H, W] logits at the original image size
+      iou_predictions  [B, 4]
+      low_res_masks    [B, 4, 4h, 4w]
+    """
+
+    def __init__(self, sam: Sam) -> None:
+        super().__init__()
+        self.sam = sam
+        self.img_size = sam.image_encoder.img_size
+
+    def embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pe = self.sam.prompt_encoder
+        # Same as PromptEncoder._embed_points: shift to pixel centres, normalize.
+        norm = (coords + 0.5) / self.img_size
+        emb = pe.pe_layer._pe_encoding(norm)  # [B, N, C]
+        lab = labels.unsqueeze(-1)
+        emb = emb * (lab != -1).to(emb.dtype)
+        emb = emb + pe.not_a_point_embed.weight * (lab == -1).to(emb.dtype)
+        for i in range(pe.num_point_embeddings):
+            emb = emb + pe.point_embeddings[i].weight * (lab == i).to(emb.dtype)
+        return emb
+
+    def embed_masks(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
+        pe = self.sam.prompt_encoder
+        has = has_mask_input.reshape(-1, 1, 1, 1)
+        dense = has * pe.mask_downscaling(mask_input)
+        dense = dense + (1.0 - has) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return dense
+
+    def upscale(self, masks: torch.Tensor, orig_im_size: torch.Tensor) -> torch.Tensor:
+        L = self.img_size
+        masks = F.interpolate(masks, size=(L, L), mode="bilinear", align_corners=False)
+        size = orig_im_size.to(torch.float32)
+        scale = L / torch.max(size)
+        resized = torch.floor(size * scale + 0.5).to(torch.int64)
+        masks = masks[..., : resized[0], : resized[1]]
+        hw = orig_im_size.to(torch.int64)
+        masks = F.interpolate(masks, size=(hw[0], hw[1]), mode="bilinear", align_corners=False)
+        return masks
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+        orig_im_size: torch.Tensor,
+    ):
+        sparse = self.embed_points(point_coords, point_labels)
+        dense = self.embed_masks(mask_input, has_mask_input)
+        low_res, iou = self.sam.mask_decoder.predict_masks(
+            image_embeddings=image_embeddings,
+            image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+        )
+        masks = self.upscale(low_res, orig_im_size)
+        return masks, iou, low_res
+
+
+# ---------------------------------------------------------------------------
+# Synthetic scenes (used for the tiny model's short fit and for test images)
+# ---------------------------------------------------------------------------
+
+
+def synth_scene(rng, width: int, height: int, n_shapes: int = 5, noise: float = 4.0):
+    """Deterministic synthetic RGB scene: smooth gradient background, a few
+    filled shapes (ellipses, rectangles, triangles), a bit of Gaussian noise.
+
+    Returns (rgb uint8 [H, W, 3], list of visible instance masks bool [H, W]).
+    """
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    c0 = rng.uniform(0, 255, 3)
+    c1 = rng.uniform(0, 255, 3)
+    ang = rng.uniform(0, 2 * np.pi)
+    t = (np.cos(ang) * xx / max(width, 1) + np.sin(ang) * yy / max(height, 1))
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+    bg = c0[None, None, :] * (1 - t[..., None]) + c1[None, None, :] * t[..., None]
+    img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(img)
+    masks = []
+    for _ in range(n_shapes):
+        kind = int(rng.integers(0, 3))
+        sw = float(rng.uniform(0.15, 0.5)) * width
+        sh = float(rng.uniform(0.15, 0.5)) * height
+        sw = max(sw, min(6.0, width))
+        sh = max(sh, min(6.0, height))
+        cx = float(rng.uniform(0, width))
+        cy = float(rng.uniform(0, height))
+        color = tuple(int(v) for v in rng.integers(0, 256, 3))
+        m = Image.new("L", (width, height), 0)
+        md = ImageDraw.Draw(m)
+        if kind == 0:
+            box = [cx - sw / 2, cy - sh / 2, cx + sw / 2, cy + sh / 2]
+            draw.ellipse(box, fill=color)
+            md.ellipse(box, fill=255)
+        elif kind == 1:
+            box = [cx - sw / 2, cy - sh / 2, cx + sw / 2, cy + sh / 2]
+            draw.rectangle(box, fill=color)
+            md.rectangle(box, fill=255)
+        else:
+            pts = [
+                (cx + float(rng.uniform(-1, 1)) * sw, cy + float(rng.uniform(-1, 1)) * sh)
+                for _ in range(3)
+            ]
+            draw.polygon(pts, fill=color)
+            md.polygon(pts, fill=255)
+        new = np.array(m) > 0
+        masks = [old & ~new for old in masks]
+        masks.append(new)
+    arr = np.array(img).astype(np.float32)
+    if noise > 0:
+        arr = arr + rng.normal(0.0, noise, arr.shape)
+    arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    return arr, masks
