@@ -63,7 +63,7 @@ pub struct Config {
     #[arg(long, env = "SAMSERVE_MAX_PROMPTS", default_value_t = 256)]
     pub max_prompts: usize,
 
-    /// ONNX Runtime intra-op threads for the encoder (0 = number of cores).
+    /// ONNX Runtime intra-op threads for the encoder (0 = cores minus the decoder threads).
     #[arg(long, env = "SAMSERVE_ENCODER_THREADS", default_value_t = 0)]
     pub encoder_threads: usize,
 
@@ -75,9 +75,39 @@ pub struct Config {
     #[arg(long, env = "SAMSERVE_DECODER_WORKERS", default_value_t = 1)]
     pub decoder_workers: usize,
 
-    /// Bound of each worker queue; when full, requests get 429 at once.
-    #[arg(long, env = "SAMSERVE_QUEUE_CAPACITY", default_value_t = 64)]
-    pub queue_capacity: usize,
+    /// Most prompts decoded in one ONNX call; prompts of concurrent requests on the same
+    /// image (with the same number of points) share a call.
+    #[arg(long, env = "SAMSERVE_MAX_BATCH_PROMPTS", default_value_t = 64)]
+    pub max_batch_prompts: usize,
+
+    /// Microseconds a decoder worker waits for more prompts once it holds some. 0 batches
+    /// only what is already queued, so an idle server adds no latency.
+    #[arg(long, env = "SAMSERVE_MAX_BATCH_WAIT", default_value_t = 0)]
+    pub max_batch_wait: u64,
+
+    /// Most prompts queued for the decoder before new requests get 429.
+    #[arg(long, env = "SAMSERVE_MAX_QUEUED_PROMPTS", default_value_t = 2048)]
+    pub max_queued_prompts: usize,
+
+    /// Most images queued for the encoder before new uploads get 429.
+    #[arg(long, env = "SAMSERVE_MAX_QUEUED_IMAGES", default_value_t = 32)]
+    pub max_queued_images: usize,
+
+    /// Most images encoded in one call when the encoder's batch axis is dynamic.
+    #[arg(long, env = "SAMSERVE_MAX_ENCODER_BATCH", default_value_t = 4)]
+    pub max_encoder_batch: usize,
+
+    /// Per-request deadline in milliseconds (504 when exceeded; 0 = none).
+    #[arg(long, env = "SAMSERVE_REQUEST_TIMEOUT_MS", default_value_t = 60_000)]
+    pub request_timeout_ms: u64,
+
+    /// Execution provider of the encoder: `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, env = "SAMSERVE_ENCODER_DEVICE", default_value = "cpu")]
+    pub encoder_device: String,
+
+    /// Refuse to start when the encoder device is a GPU that is not available.
+    #[arg(long, env = "SAMSERVE_REQUIRE_GPU", default_value_t = false)]
+    pub require_gpu: bool,
 
     /// Log format: `text` or `json`.
     #[arg(long, env = "SAMSERVE_LOG_FORMAT", default_value = "text")]

@@ -16,7 +16,9 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(&config.log_format);
     tracing::info!(?config, "starting samserve");
     let metrics = Arc::new(Metrics::new());
-    let state = AppState::loading(metrics.clone(), config.max_body_bytes);
+    let state = AppState::loading(metrics.clone(), config.max_body_bytes).with_request_timeout(
+        Some(std::time::Duration::from_millis(config.request_timeout_ms)),
+    );
     let addr = config.listen_addr()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "listening; /readyz answers 503 until the models are loaded");

@@ -41,10 +41,18 @@ pub struct Metrics {
     pub cache_entries: IntGauge,
     /// Weighted size of the embedding cache in bytes.
     pub cache_bytes: IntGauge,
-    /// Jobs waiting in each worker queue.
+    /// Work units (prompts, images) waiting in each worker queue.
     pub queue_depth: IntGaugeVec,
     /// Requests refused by admission control, by reason.
     pub rejected_total: IntCounterVec,
+    /// Jobs dropped before running because the requester had gone.
+    pub abandoned_total: IntCounterVec,
+    /// Work units per executed batch, by queue.
+    pub batch_size: HistogramVec,
+    /// Time from enqueue to batch start, by queue.
+    pub queue_wait_seconds: HistogramVec,
+    /// HTTP requests being served.
+    pub in_flight_requests: IntGauge,
 }
 
 impl Metrics {
@@ -134,7 +142,10 @@ impl Metrics {
             cache_bytes: gauge("samserve_cache_bytes", "Bytes held by the embedding cache."),
             queue_depth: {
                 let g = IntGaugeVec::new(
-                    Opts::new("samserve_queue_depth", "Jobs waiting in a worker queue."),
+                    Opts::new(
+                        "samserve_queue_depth",
+                        "Work units (prompts or images) waiting in a worker queue.",
+                    ),
                     &["queue"],
                 )
                 .expect("valid metric");
@@ -145,12 +156,51 @@ impl Metrics {
             },
             rejected_total: counter(
                 "samserve_rejected_requests_total",
-                "Requests refused by admission control, by reason.",
+                "Requests refused by admission control or deadline, by reason.",
                 &["reason"],
             ),
+            abandoned_total: counter(
+                "samserve_abandoned_jobs_total",
+                "Queued jobs dropped unrun because their client had gone, by queue.",
+                &["queue"],
+            ),
+            batch_size: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "samserve_batch_size",
+                        "Work units (prompts or images) per model call batch, by queue.",
+                    )
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+                    &["queue"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("unique metric");
+                h
+            },
+            queue_wait_seconds: histogram(
+                "samserve_queue_wait_seconds",
+                "Time a job waited in its queue before its batch started, by queue.",
+                &["queue"],
+            ),
+            in_flight_requests: gauge("samserve_in_flight_requests", "HTTP requests being served."),
             registry,
         };
         metrics
+    }
+
+    /// Handles for one worker queue.
+    pub fn queue(&self, queue: &str) -> crate::core::workers::QueueMetrics {
+        crate::core::workers::QueueMetrics {
+            depth: self.queue_depth.with_label_values(&[queue]),
+            batch_size: self.batch_size.with_label_values(&[queue]),
+            queue_wait: self.queue_wait_seconds.with_label_values(&[queue]),
+            rejected: self
+                .rejected_total
+                .with_label_values(&[&format!("{queue}_queue_full")]),
+            abandoned: self.abandoned_total.with_label_values(&[queue]),
+        }
     }
 
     /// Renders the Prometheus text exposition format.

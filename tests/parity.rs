@@ -73,7 +73,7 @@ async fn server_matches_reference_pipeline() {
     // Logits handles of every case's masks, for refinement cases.
     let mut handles: HashMap<String, Vec<String>> = HashMap::new();
     let mut failures = Vec::new();
-    let mut worst_iou = 1.0f64;
+    let mut worst_iou = (1.0f64, String::new());
     let mut worst_score = 0.0f64;
     for case in &fixture.cases {
         let bytes = std::fs::read(dir.join(&case.image)).unwrap();
@@ -128,7 +128,9 @@ async fn server_matches_reference_pipeline() {
             let want_mask = rle::decode(&want.rle).unwrap();
             let iou = got_mask.iou(&want_mask);
             let dscore = (got["score"].as_f64().unwrap() - want.score).abs();
-            worst_iou = worst_iou.min(iou);
+            if iou < worst_iou.0 {
+                worst_iou = (iou, format!("{} mask {i}", case.name));
+            }
             worst_score = worst_score.max(dscore);
             if iou < 0.99 || dscore > 0.01 {
                 failures.push(format!(
@@ -139,8 +141,10 @@ async fn server_matches_reference_pipeline() {
         }
     }
     eprintln!(
-        "parity: {} cases, worst IoU {worst_iou:.5}, worst score diff {worst_score:.5}",
-        fixture.cases.len()
+        "parity: {} cases, worst IoU {:.5} ({}), worst score diff {worst_score:.5}",
+        fixture.cases.len(),
+        worst_iou.0,
+        worst_iou.1
     );
     assert!(
         failures.is_empty(),

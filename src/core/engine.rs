@@ -12,18 +12,142 @@ use super::cache::{EmbeddingCache, ImageKey};
 use super::mask_store::MaskStore;
 use super::masks::{self, BinaryMask};
 use super::prompts::{prepare_prompts, Prompt, PromptLimits};
-use super::workers::WorkerQueue;
+use super::workers::{BatchPolicy, WorkerQueue};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
+use crate::runtime::device::Device;
 use crate::runtime::manifest::ModelFiles;
 use crate::runtime::model::{
-    load_model, DecoderPrompt, DecoderSession, Embedding, EncoderSession, ModelSpec, TokenOutput,
+    load_model, DecoderPrompt, DecoderSession, Embedding, EncoderSession, ModelSpec,
+    SessionOptions, TokenOutput,
 };
 use crate::runtime::preprocess::{decode_image, prepare, PreparedImage};
 
 type EncodeQueue = WorkerQueue<PreparedImage, Embedding>;
-type DecodeQueue = WorkerQueue<(Arc<Embedding>, Vec<DecoderPrompt>), Vec<Vec<TokenOutput>>>;
+type DecodeJob = (Arc<Embedding>, Vec<DecoderPrompt>);
+type DecodeQueue = WorkerQueue<DecodeJob, Vec<Vec<TokenOutput>>>;
+
+fn spawn_encoder(
+    spec: &Arc<ModelSpec>,
+    session: EncoderSession,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> std::io::Result<EncodeQueue> {
+    let m = metrics.clone();
+    let name = spec.name.clone();
+    let policy = BatchPolicy {
+        max_units: if spec.encoder_batched {
+            config.max_encoder_batch.max(1)
+        } else {
+            1
+        },
+        max_wait: Duration::ZERO,
+        max_queued_units: config.max_queued_images.max(1),
+    };
+    WorkerQueue::spawn(
+        "encoder",
+        vec![session],
+        policy,
+        metrics.queue("encoder"),
+        |_, _| true,
+        move |s: &mut EncoderSession, imgs: Vec<PreparedImage>| {
+            let t = Instant::now();
+            let out = s.encode_many(&imgs);
+            m.encoder_seconds
+                .with_label_values(&[&name])
+                .observe(t.elapsed().as_secs_f64());
+            m.encoder_runs_total
+                .with_label_values(&[&name])
+                .inc_by(imgs.len() as u64);
+            out
+        },
+    )
+}
+
+fn spawn_decoder(
+    spec: &Arc<ModelSpec>,
+    sessions: Vec<DecoderSession>,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> std::io::Result<DecodeQueue> {
+    let m = metrics.clone();
+    let name = spec.name.clone();
+    let max_batch = config.max_batch_prompts.max(1);
+    let policy = BatchPolicy {
+        max_units: max_batch,
+        max_wait: Duration::from_micros(config.max_batch_wait),
+        max_queued_units: config.max_queued_prompts.max(1),
+    };
+    WorkerQueue::spawn(
+        "decoder",
+        sessions,
+        policy,
+        metrics.queue("decoder"),
+        // Only prompts on the same embedding can share a decoder call.
+        |a: &DecodeJob, b: &DecodeJob| Arc::ptr_eq(&a.0, &b.0),
+        move |s: &mut DecoderSession, jobs: Vec<DecodeJob>| {
+            let t = Instant::now();
+            let n: usize = jobs.iter().map(|j| j.1.len()).sum();
+            let out = decode_jobs(s, jobs, max_batch);
+            m.decoder_seconds
+                .with_label_values(&[&name])
+                .observe(t.elapsed().as_secs_f64());
+            m.decoder_prompts_total
+                .with_label_values(&[&name])
+                .inc_by(n as u64);
+            out
+        },
+    )
+}
+
+/// Runs the prompts of several jobs on one embedding. Prompts are grouped by point count:
+/// padding points take part in the decoder's attention, so mixing counts in one call would
+/// change the answers; equal counts batch without changing them.
+fn decode_jobs(
+    s: &mut DecoderSession,
+    jobs: Vec<DecodeJob>,
+    max_batch: usize,
+) -> Vec<anyhow::Result<Vec<Vec<TokenOutput>>>> {
+    let emb = jobs[0].0.clone();
+    let sizes: Vec<usize> = jobs.iter().map(|j| j.1.len()).collect();
+    let mut groups: BTreeMap<usize, (Vec<(usize, usize)>, Vec<DecoderPrompt>)> = BTreeMap::new();
+    for (ji, (_, prompts)) in jobs.into_iter().enumerate() {
+        for (pi, p) in prompts.into_iter().enumerate() {
+            let g = groups.entry(p.coords.len()).or_default();
+            g.0.push((ji, pi));
+            g.1.push(p);
+        }
+    }
+    let mut slots: Vec<Vec<Option<Vec<TokenOutput>>>> = sizes
+        .iter()
+        .map(|&n| (0..n).map(|_| None).collect())
+        .collect();
+    for (_, (positions, prompts)) in groups {
+        match s.decode(&emb, &prompts, max_batch) {
+            Ok(outs) => {
+                for ((ji, pi), o) in positions.into_iter().zip(outs) {
+                    slots[ji][pi] = Some(o);
+                }
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                return sizes
+                    .iter()
+                    .map(|_| Err(anyhow::anyhow!("decoder: {msg}")))
+                    .collect();
+            }
+        }
+    }
+    slots
+        .into_iter()
+        .map(|v| {
+            v.into_iter()
+                .map(|o| o.ok_or_else(|| anyhow::anyhow!("decoder returned too few results")))
+                .collect()
+        })
+        .collect()
+}
 
 /// A model ready to serve: its spec and the queues of its worker threads.
 pub struct ModelHandle {
@@ -161,79 +285,51 @@ impl Engine {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
-        let encoder_threads = if config.encoder_threads == 0 {
-            cores
-        } else {
-            config.encoder_threads
+        let device: Device = config.encoder_device.parse()?;
+        let decoder_cores = config.decoder_threads.max(1) * config.decoder_workers.max(1);
+        let opts = SessionOptions {
+            // Leave the decoder its threads so the two pools do not oversubscribe the cores.
+            encoder_threads: if config.encoder_threads == 0 {
+                cores.saturating_sub(decoder_cores).max(1)
+            } else {
+                config.encoder_threads
+            },
+            decoder_threads: config.decoder_threads.max(1),
+            decoder_workers: config.decoder_workers.max(1),
+            encoder_device: device,
+            require_gpu: config.require_gpu,
         };
         let mut models = BTreeMap::new();
         for f in &files {
             let started = Instant::now();
-            let sessions = load_model(
-                env,
-                f,
-                encoder_threads,
-                config.decoder_threads,
-                config.decoder_workers,
-            )?;
+            let sessions = load_model(env, f, opts)?;
             let spec = sessions.spec.clone();
             if models.contains_key(&spec.name) {
                 anyhow::bail!("two models are named '{}'", spec.name);
             }
-            let name: Arc<str> = Arc::from(spec.name.as_str());
-            let m = metrics.clone();
-            let n = spec.name.clone();
-            let encoder = WorkerQueue::spawn(
-                "encoder",
-                vec![sessions.encoder],
-                config.queue_capacity,
-                metrics.queue_depth.with_label_values(&["encoder"]),
-                move |s: &mut EncoderSession, img: PreparedImage| {
-                    let t = Instant::now();
-                    let out = s.encode(&img);
-                    m.encoder_seconds
-                        .with_label_values(&[&n])
-                        .observe(t.elapsed().as_secs_f64());
-                    m.encoder_runs_total.with_label_values(&[&n]).inc();
-                    out
-                },
-            )?;
-            let m = metrics.clone();
-            let n = spec.name.clone();
-            let decoder = WorkerQueue::spawn(
-                "decoder",
-                sessions.decoders,
-                config.queue_capacity,
-                metrics.queue_depth.with_label_values(&["decoder"]),
-                move |s: &mut DecoderSession,
-                      (emb, prompts): (Arc<Embedding>, Vec<DecoderPrompt>)| {
-                    let t = Instant::now();
-                    let out = s.decode(&emb, &prompts);
-                    m.decoder_seconds
-                        .with_label_values(&[&n])
-                        .observe(t.elapsed().as_secs_f64());
-                    m.decoder_prompts_total
-                        .with_label_values(&[&n])
-                        .inc_by(prompts.len() as u64);
-                    out
-                },
-            )?;
+            let encoder = spawn_encoder(&spec, sessions.encoder, config, &metrics)?;
+            let decoder = spawn_decoder(&spec, sessions.decoders, config, &metrics)?;
             tracing::info!(
                 model = %spec.name,
                 source = %spec.source,
                 input_size = spec.input_size,
                 embedding = ?spec.embedding_shape,
                 low_res = ?spec.low_res_size,
+                batched_encoder = spec.encoder_batched,
                 batched_decoder = spec.decoder_batched,
                 encoder_input = ?spec.encoder_input,
+                encoder_device = %spec.encoder_device,
+                encoder_threads = opts.encoder_threads,
+                decoder_threads = opts.decoder_threads,
+                decoder_workers = opts.decoder_workers,
                 load_ms = started.elapsed().as_millis() as u64,
                 "model loaded"
             );
             models.insert(
                 spec.name.clone(),
                 ModelHandle {
+                    name: Arc::from(spec.name.as_str()),
                     spec,
-                    name,
                     encoder,
                     decoder,
                 },
@@ -340,10 +436,10 @@ impl Engine {
                 })
                 .await
                 .map_err(ApiError::internal)??;
-                encoder.call(prepared).await
+                encoder.call(prepared, 1).await
             })
             .await;
-        let lookup = lookup.inspect_err(|e| self.count_rejection(e))?;
+        let lookup = lookup?;
         let counter = if lookup.cached {
             &self.metrics.cache_hits_total
         } else {
@@ -358,15 +454,6 @@ impl Engine {
             cached: lookup.cached,
             model: handle.spec.name.clone(),
         })
-    }
-
-    fn count_rejection(&self, e: &ApiError) {
-        if let ApiError::Overloaded { reason, .. } = e {
-            self.metrics
-                .rejected_total
-                .with_label_values(&[reason])
-                .inc();
-        }
     }
 
     async fn refresh_cache_gauges(&self) {
@@ -430,11 +517,11 @@ impl Engine {
             &image_id,
             &self.mask_store,
         )?;
+        let n = decoder_prompts.len();
         let outputs = handle
             .decoder
-            .call((emb.clone(), decoder_prompts))
-            .await
-            .inspect_err(|e| self.count_rejection(e))?;
+            .call((emb.clone(), decoder_prompts), n)
+            .await?;
         let store = self.mask_store.clone();
         let model_name = handle.name.clone();
         let (w, h) = (emb.width, emb.height);

@@ -1,15 +1,21 @@
-//! Dedicated model threads fed by bounded queues.
+//! Dedicated model threads fed by bounded, batching queues.
 //!
 //! ONNX Runtime calls block for milliseconds to seconds, so they never run on tokio's
-//! workers. Each model has an encoder thread and one or more decoder threads, each owning
-//! its own session. Jobs carry a oneshot reply; a job whose requester has gone (client
-//! disconnected, deadline passed) is dropped before it costs compute. A full queue is an
+//! workers. Each model has encoder and decoder threads, each owning its own session. A
+//! worker takes the oldest job, then gathers further compatible jobs (same image embedding
+//! for the decoder) that are already queued, or that arrive within the batch wait, up to
+//! the batch size, and runs them in one model call. Jobs carry a oneshot reply; a job whose
+//! requester has gone (client disconnected, deadline passed) is dropped before it costs
+//! compute. Admission is bounded in work units (prompts or images): a full queue is an
 //! immediate 429, not an unbounded wait.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
-use prometheus::IntGauge;
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::sync::oneshot;
 
 use crate::error::ApiError;
@@ -20,12 +26,51 @@ pub struct Job<I, O> {
     pub input: I,
     /// Where the answer goes.
     pub reply: oneshot::Sender<anyhow::Result<O>>,
+    /// Work units (prompts, images) this job counts for.
+    pub units: usize,
+    enqueued: Instant,
+}
+
+impl<I, O> Job<I, O> {
+    /// Whether the requester stopped waiting.
+    pub fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+/// How a queue forms batches.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPolicy {
+    /// Most work units in one batch (1 = no batching).
+    pub max_units: usize,
+    /// How long a worker waits for more compatible jobs once it holds one. Zero means it
+    /// takes only what is already queued, so an idle server adds no latency.
+    pub max_wait: Duration,
+    /// Most work units admitted (queued, not yet running) before 429.
+    pub max_queued_units: usize,
+}
+
+/// Metric handles a queue updates.
+#[derive(Clone)]
+pub struct QueueMetrics {
+    /// Work units waiting.
+    pub depth: IntGauge,
+    /// Units per executed batch.
+    pub batch_size: Histogram,
+    /// Seconds from enqueue to the start of the batch.
+    pub queue_wait: Histogram,
+    /// Jobs refused because the queue was full.
+    pub rejected: IntCounter,
+    /// Jobs dropped because their requester had gone.
+    pub abandoned: IntCounter,
 }
 
 /// The submitting side of a worker pool.
 pub struct WorkerQueue<I, O> {
     tx: Sender<Job<I, O>>,
-    depth: IntGauge,
+    queued: Arc<AtomicUsize>,
+    policy: BatchPolicy,
+    metrics: QueueMetrics,
     name: &'static str,
 }
 
@@ -33,64 +78,208 @@ impl<I, O> Clone for WorkerQueue<I, O> {
     fn clone(&self) -> Self {
         WorkerQueue {
             tx: self.tx.clone(),
-            depth: self.depth.clone(),
+            queued: self.queued.clone(),
+            policy: self.policy,
+            metrics: self.metrics.clone(),
             name: self.name,
         }
     }
 }
 
+/// Worker-side view of the queue while it assembles a batch.
+struct Assembler<I, O> {
+    rx: Receiver<Job<I, O>>,
+    /// Jobs taken from the channel that did not fit the current batch.
+    held: VecDeque<Job<I, O>>,
+    queued: Arc<AtomicUsize>,
+    metrics: QueueMetrics,
+}
+
+impl<I, O> Assembler<I, O> {
+    fn release(&self, job: &Job<I, O>) {
+        self.queued.fetch_sub(job.units, Ordering::AcqRel);
+        self.metrics
+            .depth
+            .set(self.queued.load(Ordering::Acquire) as i64);
+    }
+
+    fn live(&self, job: Job<I, O>) -> Option<Job<I, O>> {
+        if job.abandoned() {
+            self.release(&job);
+            self.metrics.abandoned.inc();
+            None
+        } else {
+            Some(job)
+        }
+    }
+
+    /// Blocks for the next batch; `None` when the queue is closed and drained.
+    fn next_batch<C>(&mut self, policy: BatchPolicy, compatible: &C) -> Option<Vec<Job<I, O>>>
+    where
+        C: Fn(&I, &I) -> bool,
+    {
+        let first = loop {
+            let job = match self.held.pop_front() {
+                Some(j) => j,
+                None => self.rx.recv().ok()?,
+            };
+            if let Some(j) = self.live(job) {
+                break j;
+            }
+        };
+        let mut units = first.units;
+        let mut batch = vec![first];
+        let mut i = 0;
+        while i < self.held.len() && units < policy.max_units {
+            let fits = compatible(&batch[0].input, &self.held[i].input)
+                && units + self.held[i].units <= policy.max_units;
+            if fits {
+                let job = self.held.remove(i).expect("index checked");
+                if let Some(j) = self.live(job) {
+                    units += j.units;
+                    batch.push(j);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        let deadline = Instant::now() + policy.max_wait;
+        while units < policy.max_units {
+            let job = if policy.max_wait.is_zero() {
+                match self.rx.try_recv() {
+                    Ok(j) => j,
+                    Err(_) => break,
+                }
+            } else {
+                match self.rx.recv_deadline(deadline) {
+                    Ok(j) => j,
+                    Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            let Some(job) = self.live(job) else { continue };
+            if compatible(&batch[0].input, &job.input) && units + job.units <= policy.max_units {
+                units += job.units;
+                batch.push(job);
+            } else {
+                self.held.push_back(job);
+                if self.held.len() >= 64 {
+                    break;
+                }
+            }
+        }
+        let now = Instant::now();
+        for j in &batch {
+            self.release(j);
+            self.metrics
+                .queue_wait
+                .observe(now.duration_since(j.enqueued).as_secs_f64());
+        }
+        self.metrics.batch_size.observe(units as f64);
+        Some(batch)
+    }
+}
+
 impl<I: Send + 'static, O: Send + 'static> WorkerQueue<I, O> {
-    /// Starts one OS thread per state value; each runs `work` on the jobs it takes.
-    pub fn spawn<S, F>(
+    /// Starts one OS thread per state value. Each thread assembles batches of jobs whose
+    /// inputs are `compatible` with the first one, and runs `work` on the inputs; `work`
+    /// returns one result per input, in order.
+    pub fn spawn<S, C, F>(
         name: &'static str,
         states: Vec<S>,
-        capacity: usize,
-        depth: IntGauge,
+        policy: BatchPolicy,
+        metrics: QueueMetrics,
+        compatible: C,
         work: F,
     ) -> std::io::Result<Self>
     where
         S: Send + 'static,
-        F: Fn(&mut S, I) -> anyhow::Result<O> + Send + Sync + 'static,
+        C: Fn(&I, &I) -> bool + Send + Sync + 'static,
+        F: Fn(&mut S, Vec<I>) -> Vec<anyhow::Result<O>> + Send + Sync + 'static,
     {
-        let (tx, rx) = bounded::<Job<I, O>>(capacity.max(1));
+        // The channel only needs to hold what admission lets in; units bound the rest.
+        let (tx, rx) = bounded::<Job<I, O>>(policy.max_queued_units.max(1));
+        let queued = Arc::new(AtomicUsize::new(0));
         let work = Arc::new(work);
+        let compatible = Arc::new(compatible);
         for (i, mut state) in states.into_iter().enumerate() {
-            let rx: Receiver<Job<I, O>> = rx.clone();
+            let mut asm = Assembler {
+                rx: rx.clone(),
+                held: VecDeque::new(),
+                queued: queued.clone(),
+                metrics: metrics.clone(),
+            };
             let work = work.clone();
-            let depth = depth.clone();
+            let compatible = compatible.clone();
             std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
                 .spawn(move || {
-                    while let Ok(job) = rx.recv() {
-                        depth.set(rx.len() as i64);
-                        if job.reply.is_closed() {
-                            continue;
+                    while let Some(batch) = asm.next_batch(policy, &*compatible) {
+                        let (inputs, replies): (Vec<I>, Vec<_>) =
+                            batch.into_iter().map(|j| (j.input, j.reply)).unzip();
+                        let n = inputs.len();
+                        // A panic in model code fails this batch, not the thread.
+                        let outs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            work(&mut state, inputs)
+                        }));
+                        match outs {
+                            Ok(outs) if outs.len() == n => {
+                                for (reply, out) in replies.into_iter().zip(outs) {
+                                    let _ = reply.send(out);
+                                }
+                            }
+                            Ok(_) | Err(_) => {
+                                for reply in replies {
+                                    let _ =
+                                        reply.send(Err(anyhow::anyhow!("{name} worker failed")));
+                                }
+                            }
                         }
-                        // A panic in model code fails this job, not the thread.
-                        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            work(&mut state, job.input)
-                        }))
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("worker panicked")));
-                        let _ = job.reply.send(out);
                     }
                 })?;
         }
-        Ok(WorkerQueue { tx, depth, name })
+        Ok(WorkerQueue {
+            tx,
+            queued,
+            policy,
+            metrics,
+            name,
+        })
     }
 
-    /// Queues a job and waits for its answer; fails fast with 429 when the queue is full.
-    pub async fn call(&self, input: I) -> Result<O, ApiError> {
+    /// Queues a job of `units` work units and waits for its answer; fails fast with 429
+    /// when admitting it would exceed the queue bound.
+    pub async fn call(&self, input: I, units: usize) -> Result<O, ApiError> {
+        let before = self.queued.fetch_add(units, Ordering::AcqRel);
+        // One oversized job is admitted into an empty queue, or it could never run.
+        if before > 0 && before + units > self.policy.max_queued_units {
+            self.queued.fetch_sub(units, Ordering::AcqRel);
+            self.metrics.rejected.inc();
+            return Err(ApiError::Overloaded {
+                reason: self.name,
+                retry_after_secs: 1,
+            });
+        }
+        self.metrics.depth.set((before + units) as i64);
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job { input, reply }) {
-            Ok(()) => self.depth.set(self.tx.len() as i64),
+        let job = Job {
+            input,
+            reply,
+            units,
+            enqueued: Instant::now(),
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => {}
             Err(TrySendError::Full(_)) => {
+                self.queued.fetch_sub(units, Ordering::AcqRel);
+                self.metrics.rejected.inc();
                 return Err(ApiError::Overloaded {
                     reason: self.name,
                     retry_after_secs: 1,
-                })
+                });
             }
             Err(TrySendError::Disconnected(_)) => {
-                return Err(ApiError::Internal(format!("{} workers stopped", self.name)))
+                self.queued.fetch_sub(units, Ordering::AcqRel);
+                return Err(ApiError::Internal(format!("{} workers stopped", self.name)));
             }
         }
         match rx.await {
@@ -103,13 +292,8 @@ impl<I: Send + 'static, O: Send + 'static> WorkerQueue<I, O> {
         }
     }
 
-    /// Jobs waiting in the queue.
-    pub fn len(&self) -> usize {
-        self.tx.len()
-    }
-
-    /// Whether no job is waiting.
-    pub fn is_empty(&self) -> bool {
-        self.tx.is_empty()
+    /// Work units admitted and not yet running.
+    pub fn queued_units(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
     }
 }

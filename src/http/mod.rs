@@ -31,6 +31,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Body size limit in bytes.
     pub max_body_bytes: usize,
+    /// Deadline of one request; 504 when exceeded.
+    pub request_timeout: Option<std::time::Duration>,
 }
 
 impl AppState {
@@ -40,6 +42,7 @@ impl AppState {
             engine: Arc::new(OnceLock::new()),
             metrics,
             max_body_bytes,
+            request_timeout: None,
         }
     }
 
@@ -48,6 +51,12 @@ impl AppState {
         let state = Self::loading(engine.metrics.clone(), max_body_bytes);
         state.set_engine(engine);
         state
+    }
+
+    /// Sets the per-request deadline (`None` or zero: no deadline).
+    pub fn with_request_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.request_timeout = timeout.filter(|t| !t.is_zero());
+        self
     }
 
     /// Installs the engine once loading finished.
@@ -110,7 +119,9 @@ async fn method_not_allowed(req: Request) -> Response {
     (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
 }
 
-/// Counts requests and records latency by matched route, method and status.
+/// Counts requests and records latency by matched route, method and status; applies the
+/// request deadline. A request past its deadline is answered 504 and its future dropped,
+/// which also drops its queued model jobs before they run.
 async fn track_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
@@ -119,8 +130,26 @@ async fn track_metrics(State(state): State<AppState>, req: Request, next: Next) 
         .unwrap_or_else(|| "unmatched".to_string());
     let method = req.method().to_string();
     let start = Instant::now();
-    let resp = next.run(req).await;
     let m = &state.metrics;
+    // A guard, because a client that disconnects drops this future midway.
+    struct InFlight(prometheus::IntGauge);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    m.in_flight_requests.inc();
+    let _in_flight = InFlight(m.in_flight_requests.clone());
+    let resp = match state.request_timeout {
+        Some(limit) => match tokio::time::timeout(limit, next.run(req)).await {
+            Ok(resp) => resp,
+            Err(_) => {
+                m.rejected_total.with_label_values(&["deadline"]).inc();
+                ApiError::Timeout.into_response()
+            }
+        },
+        None => next.run(req).await,
+    };
     m.http_request_duration_seconds
         .with_label_values(&[&route, &method])
         .observe(start.elapsed().as_secs_f64());

@@ -1,5 +1,6 @@
 //! Model runtime: ONNX Runtime sessions, model loading, pre- and post-processing.
 
+pub mod device;
 pub mod manifest;
 pub mod model;
 pub mod ort_env;

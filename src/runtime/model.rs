@@ -12,6 +12,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
 
+use super::device::Device;
 use super::manifest::{Manifest, ModelFiles};
 use super::preprocess::PreparedImage;
 
@@ -53,6 +54,10 @@ pub struct ModelSpec {
     pub embedding_shape: [usize; 4],
     /// Low-resolution mask size `(h, w)` of `mask_input` and `low_res_masks`.
     pub low_res_size: [usize; 2],
+    /// Where the encoder runs (`cpu`, `cuda:N`).
+    pub encoder_device: String,
+    /// Whether the encoder accepts several images per call (axis 0 dynamic).
+    pub encoder_batched: bool,
     /// Whether the decoder accepts a batch of prompts per call (axis 0 dynamic).
     pub decoder_batched: bool,
     /// Whether the decoder upsamples masks to the original size itself (`orig_im_size`).
@@ -115,7 +120,9 @@ fn build_session(
     env: &ort::environment::Environment,
     bytes: &[u8],
     threads: usize,
-) -> anyhow::Result<Session> {
+    device: Device,
+    require_gpu: bool,
+) -> anyhow::Result<(Session, Device)> {
     let mut builder = Session::builder(env)
         .map_err(|e| anyhow!("{e}"))?
         .with_optimization_level(GraphOptimizationLevel::Level3)
@@ -125,9 +132,26 @@ fn build_session(
             .with_intra_threads(threads)
             .map_err(|e| anyhow!("{e}"))?;
     }
-    builder
+    let (mut builder, used) = super::device::apply(builder, device, require_gpu)?;
+    let session = builder
         .commit_from_memory(bytes)
-        .map_err(|e| anyhow!("creating session: {e}"))
+        .map_err(|e| anyhow!("creating session: {e}"))?;
+    Ok((session, used))
+}
+
+/// Threads and devices for a model's sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionOptions {
+    /// Intra-op threads of the encoder.
+    pub encoder_threads: usize,
+    /// Intra-op threads of each decoder session.
+    pub decoder_threads: usize,
+    /// Number of decoder sessions (one per worker thread).
+    pub decoder_workers: usize,
+    /// Device of the encoder.
+    pub encoder_device: Device,
+    /// Fail instead of falling back to CPU when the encoder GPU is unavailable.
+    pub require_gpu: bool,
 }
 
 fn describe(outlets: &[ort::value::Outlet]) -> String {
@@ -169,13 +193,17 @@ pub struct ModelSessions {
 pub fn load_model(
     env: &ort::environment::Environment,
     files: &ModelFiles,
-    encoder_threads: usize,
-    decoder_threads: usize,
-    decoder_workers: usize,
+    opts: SessionOptions,
 ) -> anyhow::Result<ModelSessions> {
     let m: &Manifest = &files.manifest;
-    let encoder = build_session(env, &files.encoder, encoder_threads)
-        .with_context(|| format!("model '{}': encoder", m.name))?;
+    let (encoder, encoder_device) = build_session(
+        env,
+        &files.encoder,
+        opts.encoder_threads,
+        opts.encoder_device,
+        opts.require_gpu,
+    )
+    .with_context(|| format!("model '{}': encoder", m.name))?;
     let enc_inputs = encoder.inputs();
     if enc_inputs.len() != 1 || encoder.outputs().is_empty() {
         bail!(
@@ -207,8 +235,14 @@ pub fn load_model(
     let encoder_output_name = enc_out.name().to_string();
     let encoder_input_name = enc_in.name().to_string();
 
-    let decoder = build_session(env, &files.decoder, decoder_threads)
-        .with_context(|| format!("model '{}': decoder", m.name))?;
+    let (decoder, _) = build_session(
+        env,
+        &files.decoder,
+        opts.decoder_threads,
+        Device::Cpu,
+        false,
+    )
+    .with_context(|| format!("model '{}': decoder", m.name))?;
     let names: Vec<&str> = decoder.inputs().iter().map(|o| o.name()).collect();
     let missing: Vec<&str> = DECODER_INPUTS
         .iter()
@@ -251,6 +285,9 @@ pub fn load_model(
         encoder_output_name,
         embedding_shape: [0; 4],
         low_res_size: [0; 2],
+        encoder_device: encoder_device.to_string(),
+        encoder_batched: encoder_input == EncoderInput::NchwNormalized
+            && in_shape.first().copied() == Some(-1),
         decoder_batched,
         decoder_full_res,
         mask_tokens: 0,
@@ -289,9 +326,16 @@ pub fn load_model(
     encoder.spec = spec.clone();
     decoder.spec = spec.clone();
     let mut decoders = vec![decoder];
-    for _ in 1..decoder_workers.max(1) {
+    for _ in 1..opts.decoder_workers.max(1) {
         decoders.push(DecoderSession {
-            session: build_session(env, &files.decoder, decoder_threads)?,
+            session: build_session(
+                env,
+                &files.decoder,
+                opts.decoder_threads,
+                Device::Cpu,
+                false,
+            )?
+            .0,
             spec: spec.clone(),
         });
     }
@@ -309,6 +353,64 @@ pub struct EncoderSession {
 }
 
 impl EncoderSession {
+    /// Encodes several images: in one call when the encoder's batch axis is dynamic (all
+    /// NCHW inputs share the `[3, L, L]` shape), else one by one.
+    pub fn encode_many(&mut self, imgs: &[PreparedImage]) -> Vec<anyhow::Result<Embedding>> {
+        if imgs.len() < 2 || !self.spec.encoder_batched {
+            return imgs.iter().map(|i| self.encode(i)).collect();
+        }
+        match self.encode_stacked(imgs) {
+            Ok(v) => v.into_iter().map(Ok).collect(),
+            Err(e) => imgs
+                .iter()
+                .map(|_| Err(anyhow!("batched encode failed: {e:#}")))
+                .collect(),
+        }
+    }
+
+    fn encode_stacked(&mut self, imgs: &[PreparedImage]) -> anyhow::Result<Vec<Embedding>> {
+        let mut shape = imgs[0].shape.clone();
+        shape[0] = imgs.len();
+        let mut data = Vec::with_capacity(imgs.iter().map(|i| i.tensor.len()).sum());
+        for i in imgs {
+            data.extend_from_slice(&i.tensor);
+        }
+        let input = TensorRef::from_array_view((shape, &data[..])).map_err(|e| anyhow!("{e}"))?;
+        let outputs = self
+            .session
+            .run(vec![(
+                Cow::Borrowed(self.spec.encoder_input_name.as_str()),
+                SessionInputValue::from(input),
+            )])
+            .map_err(|e| anyhow!("encoder run: {e}"))?;
+        let (shape, values) = outputs[self.spec.encoder_output_name.as_str()]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| anyhow!("encoder output: {e}"))?;
+        let dims: Vec<usize> = shape.iter().map(|d| *d as usize).collect();
+        let [b, c, h, w] = dims[..] else {
+            bail!("batched encoder output has shape {dims:?}");
+        };
+        if b != imgs.len() {
+            bail!(
+                "batched encoder returned {b} embeddings for {} images",
+                imgs.len()
+            );
+        }
+        let per = c * h * w;
+        Ok(imgs
+            .iter()
+            .enumerate()
+            .map(|(k, img)| Embedding {
+                data: values[k * per..(k + 1) * per].to_vec(),
+                shape: [1, c, h, w],
+                width: img.width,
+                height: img.height,
+                resized_width: img.resized_width,
+                resized_height: img.resized_height,
+            })
+            .collect())
+    }
+
     /// Runs the encoder on a prepared image.
     pub fn encode(&mut self, img: &PreparedImage) -> anyhow::Result<Embedding> {
         let input = TensorRef::from_array_view((img.shape.clone(), &img.tensor[..]))
@@ -363,27 +465,26 @@ impl DecoderSession {
         Ok((raw.low_res_hw, raw.tokens))
     }
 
-    /// Decodes a batch of prompts against one embedding. Prompts are padded to a common
-    /// point count with `(0, 0, -1)`; decoders with a fixed batch of one run one by one.
+    /// Decodes prompts against one embedding, at most `max_batch` prompts per ONNX call.
+    /// Prompts are padded to a common point count with `(0, 0, -1)`; decoders with a fixed
+    /// batch of one run one by one.
     pub fn decode(
         &mut self,
         emb: &Embedding,
         prompts: &[DecoderPrompt],
+        max_batch: usize,
     ) -> anyhow::Result<Vec<Vec<TokenOutput>>> {
         if prompts.is_empty() {
             return Ok(Vec::new());
         }
-        if !self.spec.decoder_batched {
-            let mut out = Vec::with_capacity(prompts.len());
-            for p in prompts {
-                out.extend(self.decode_batch(emb, std::slice::from_ref(p))?);
-            }
-            return Ok(out);
-        }
-        // Keep each call's full-resolution output (B x tokens x H x W floats) bounded.
-        let per_prompt =
-            self.spec.mask_tokens.max(1) * (emb.width as usize) * (emb.height as usize);
-        let max_batch = (MAX_OUTPUT_FLOATS / per_prompt.max(1)).clamp(1, 256);
+        let max_batch = if self.spec.decoder_batched {
+            // Keep each call's full-resolution output (B x tokens x H x W floats) bounded.
+            let per_prompt =
+                self.spec.mask_tokens.max(1) * (emb.width as usize) * (emb.height as usize);
+            max_batch.min(MAX_OUTPUT_FLOATS / per_prompt.max(1)).max(1)
+        } else {
+            1
+        };
         let mut out = Vec::with_capacity(prompts.len());
         for chunk in prompts.chunks(max_batch) {
             out.extend(self.decode_batch(emb, chunk)?);

@@ -36,7 +36,11 @@ impl TestServer {
                 .unwrap()
                 .expect("engine starts")
         };
-        let app = router(AppState::ready(engine, config.max_body_bytes));
+        let app = router(
+            AppState::ready(engine, config.max_body_bytes).with_request_timeout(Some(
+                std::time::Duration::from_millis(config.request_timeout_ms),
+            )),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
