@@ -168,7 +168,7 @@ impl Metrics {
                 let h = HistogramVec::new(
                     HistogramOpts::new(
                         "samserve_batch_size",
-                        "Work units (prompts or images) per model call batch, by queue.",
+                        "Prompts or images per model call, by queue.",
                     )
                     .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
                     &["queue"],
@@ -194,7 +194,6 @@ impl Metrics {
     pub fn queue(&self, queue: &str) -> crate::core::workers::QueueMetrics {
         crate::core::workers::QueueMetrics {
             depth: self.queue_depth.with_label_values(&[queue]),
-            batch_size: self.batch_size.with_label_values(&[queue]),
             queue_wait: self.queue_wait_seconds.with_label_values(&[queue]),
             rejected: self
                 .rejected_total

@@ -54,6 +54,12 @@ fn spawn_encoder(
         move |s: &mut EncoderSession, imgs: Vec<PreparedImage>| {
             let t = Instant::now();
             let out = s.encode_many(&imgs);
+            let sizes = m.batch_size.with_label_values(&["encoder"]);
+            if s.batched() {
+                sizes.observe(imgs.len() as f64);
+            } else {
+                imgs.iter().for_each(|_| sizes.observe(1.0));
+            }
             m.encoder_seconds
                 .with_label_values(&[&name])
                 .observe(t.elapsed().as_secs_f64());
@@ -89,7 +95,12 @@ fn spawn_decoder(
         move |s: &mut DecoderSession, jobs: Vec<DecodeJob>| {
             let t = Instant::now();
             let n: usize = jobs.iter().map(|j| j.1.len()).sum();
-            let out = decode_jobs(s, jobs, max_batch);
+            let out = decode_jobs(
+                s,
+                jobs,
+                max_batch,
+                &m.batch_size.with_label_values(&["decoder"]),
+            );
             m.decoder_seconds
                 .with_label_values(&[&name])
                 .observe(t.elapsed().as_secs_f64());
@@ -108,6 +119,7 @@ fn decode_jobs(
     s: &mut DecoderSession,
     jobs: Vec<DecodeJob>,
     max_batch: usize,
+    batch_sizes: &prometheus::Histogram,
 ) -> Vec<anyhow::Result<Vec<Vec<TokenOutput>>>> {
     let emb = jobs[0].0.clone();
     let sizes: Vec<usize> = jobs.iter().map(|j| j.1.len()).collect();
@@ -124,7 +136,8 @@ fn decode_jobs(
         .map(|&n| (0..n).map(|_| None).collect())
         .collect();
     for (_, (positions, prompts)) in groups {
-        match s.decode(&emb, &prompts, max_batch) {
+        let result = s.decode(&emb, &prompts, max_batch, |n| batch_sizes.observe(n as f64));
+        match result {
             Ok(outs) => {
                 for ((ji, pi), o) in positions.into_iter().zip(outs) {
                     slots[ji][pi] = Some(o);

@@ -55,8 +55,6 @@ pub struct BatchPolicy {
 pub struct QueueMetrics {
     /// Work units waiting.
     pub depth: IntGauge,
-    /// Units per executed batch.
-    pub batch_size: Histogram,
     /// Seconds from enqueue to the start of the batch.
     pub queue_wait: Histogram,
     /// Jobs refused because the queue was full.
@@ -174,7 +172,6 @@ impl<I, O> Assembler<I, O> {
                 .queue_wait
                 .observe(now.duration_since(j.enqueued).as_secs_f64());
         }
-        self.metrics.batch_size.observe(units as f64);
         Some(batch)
     }
 }

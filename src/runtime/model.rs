@@ -353,6 +353,11 @@ pub struct EncoderSession {
 }
 
 impl EncoderSession {
+    /// Whether several images go through one call.
+    pub fn batched(&self) -> bool {
+        self.spec.encoder_batched
+    }
+
     /// Encodes several images: in one call when the encoder's batch axis is dynamic (all
     /// NCHW inputs share the `[3, L, L]` shape), else one by one.
     pub fn encode_many(&mut self, imgs: &[PreparedImage]) -> Vec<anyhow::Result<Embedding>> {
@@ -468,11 +473,14 @@ impl DecoderSession {
     /// Decodes prompts against one embedding, at most `max_batch` prompts per ONNX call.
     /// Prompts are padded to a common point count with `(0, 0, -1)`; decoders with a fixed
     /// batch of one run one by one.
+    ///
+    /// `on_call` is told the batch size of every ONNX call.
     pub fn decode(
         &mut self,
         emb: &Embedding,
         prompts: &[DecoderPrompt],
         max_batch: usize,
+        mut on_call: impl FnMut(usize),
     ) -> anyhow::Result<Vec<Vec<TokenOutput>>> {
         if prompts.is_empty() {
             return Ok(Vec::new());
@@ -487,6 +495,7 @@ impl DecoderSession {
         };
         let mut out = Vec::with_capacity(prompts.len());
         for chunk in prompts.chunks(max_batch) {
+            on_call(chunk.len());
             out.extend(self.decode_batch(emb, chunk)?);
         }
         Ok(out)
