@@ -43,6 +43,11 @@ pub struct Config {
     #[arg(long, env = "SAMSERVE_CACHE_IDLE_SECS", default_value_t = 3600)]
     pub cache_idle_secs: u64,
 
+    /// Byte budget of the store of uploaded image files, kept so segment-everything can
+    /// encode crops of an image uploaded earlier.
+    #[arg(long, env = "SAMSERVE_IMAGE_STORE_BYTES", default_value_t = 512 * 1024 * 1024)]
+    pub image_store_bytes: u64,
+
     /// Byte budget of the store of low-resolution mask logits (refinement handles).
     #[arg(long, env = "SAMSERVE_MASK_STORE_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub mask_store_bytes: u64,

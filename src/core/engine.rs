@@ -254,6 +254,8 @@ pub struct Engine {
     models: BTreeMap<String, ModelHandle>,
     default_model: String,
     cache: EmbeddingCache,
+    /// Uploaded files by image id, for work that needs the pixels again (crops).
+    originals: moka::future::Cache<Arc<str>, Bytes>,
     mask_store: MaskStore,
     /// Metrics registry of this server.
     pub metrics: Arc<Metrics>,
@@ -359,6 +361,15 @@ impl Engine {
             models,
             default_model,
             cache: EmbeddingCache::new(config.cache_bytes, idle),
+            originals: {
+                let mut b = moka::future::Cache::builder()
+                    .max_capacity(config.image_store_bytes)
+                    .weigher(|_: &Arc<str>, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX));
+                if let Some(idle) = idle {
+                    b = b.time_to_idle(idle);
+                }
+                b.build()
+            },
             mask_store: MaskStore::new(
                 config.mask_store_bytes,
                 idle.unwrap_or(Duration::from_secs(3600)),
@@ -424,6 +435,7 @@ impl Engine {
             }
         }
         let key = Self::key(handle, &image_id);
+        let original = (key.image_id.clone(), bytes.clone());
         let spec = handle.spec.clone();
         let metrics = self.metrics.clone();
         let max_pixels = self.max_image_pixels;
@@ -453,6 +465,7 @@ impl Engine {
             })
             .await;
         let lookup = lookup?;
+        self.originals.insert(original.0, original.1).await;
         let counter = if lookup.cached {
             &self.metrics.cache_hits_total
         } else {
@@ -490,6 +503,11 @@ impl Engine {
                 what: "image",
                 id: image_id.to_string(),
             })
+    }
+
+    /// The uploaded file of an image, while the image store holds it.
+    pub async fn original(&self, image_id: &str) -> Option<Bytes> {
+        self.originals.get(image_id).await
     }
 
     /// Drops an image's embedding; 404 when it was not cached.
