@@ -238,6 +238,18 @@ pub struct ImageInfo {
     pub model: String,
 }
 
+/// Answer of [`Engine::segment`].
+pub struct Segmented {
+    /// Model used.
+    pub model: String,
+    /// Image width.
+    pub width: u32,
+    /// Image height.
+    pub height: u32,
+    /// Masks per prompt, best first.
+    pub masks: Vec<Vec<MaskResult>>,
+}
+
 /// Options of a segment call besides the prompts.
 #[derive(Debug, Clone, Copy)]
 pub struct SegmentOptions {
@@ -534,7 +546,7 @@ impl Engine {
         image_id: &str,
         prompts: &[Prompt],
         opts: SegmentOptions,
-    ) -> ApiResult<Vec<Vec<MaskResult>>> {
+    ) -> ApiResult<Segmented> {
         let handle = self.model(model)?;
         let emb = self.embedding(model, image_id).await?;
         let image_id: Arc<str> = Arc::from(image_id);
@@ -556,7 +568,7 @@ impl Engine {
         let store = self.mask_store.clone();
         let model_name = handle.name.clone();
         let (w, h) = (emb.width, emb.height);
-        tokio::task::spawn_blocking(move || {
+        let masks = tokio::task::spawn_blocking(move || {
             outputs
                 .into_iter()
                 .map(|tokens| {
@@ -583,7 +595,13 @@ impl Engine {
                 .collect()
         })
         .await
-        .map_err(ApiError::internal)
+        .map_err(ApiError::internal)?;
+        Ok(Segmented {
+            model: handle.spec.name.clone(),
+            width: w,
+            height: h,
+            masks,
+        })
     }
 }
 

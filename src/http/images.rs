@@ -194,15 +194,15 @@ async fn run_segment(
         output: r.output,
         return_logits: r.return_logits,
     };
-    let results = engine.segment(model, &image_id, &r.prompts, opts).await?;
-    let emb = engine.embedding(model, &image_id).await?;
+    let out = engine.segment(model, &image_id, &r.prompts, opts).await?;
     Ok(Json(SegmentResponse {
         image_id,
-        model: engine.model(model)?.spec.name.clone(),
-        width: emb.width,
-        height: emb.height,
+        model: out.model,
+        width: out.width,
+        height: out.height,
         cached,
-        results: results
+        results: out
+            .masks
             .into_iter()
             .map(|masks| PromptResult {
                 masks: masks.into_iter().map(MaskOut::from).collect(),
