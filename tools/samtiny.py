@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling import (
     ImageEncoderViT,
     MaskDecoder,
@@ -61,13 +62,103 @@ TINY_ARCH: Dict[str, Any] = {
 }
 
 
+# The default model: a small convolutional image encoder in place of the ViT, so
+# that it trains in minutes and runs in tens of milliseconds on a CPU. The prompt
+# encoder and mask decoder are the package's classes. Stored in manifest.json.
+DEFAULT_ARCH: Dict[str, Any] = {
+    "encoder_type": "conv",
+    "image_size": 512,
+    "patch_size": 16,
+    "encoder_widths": [32, 48, 96, 160],
+    "encoder_depths": [1, 1, 2, 4],
+    "encoder_dilations": [1, 2, 4, 8],
+    "prompt_embed_dim": 128,
+    "mask_in_chans": 16,
+    "decoder_transformer_depth": 2,
+    "decoder_transformer_mlp_dim": 512,
+    "decoder_transformer_num_heads": 4,
+    "decoder_num_multimask_outputs": 3,
+    "decoder_iou_head_depth": 3,
+    "decoder_iou_head_hidden_dim": 128,
+}
+
+
+class _ConvBN(nn.Sequential):
+    def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1, act: bool = True) -> None:
+        layers = [
+            nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        if act:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, c: int, dilation: int = 1) -> None:
+        super().__init__()
+        self.a = _ConvBN(c, c, dilation=dilation)
+        self.b = _ConvBN(c, c, act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.b(self.a(x)))
+
+
+class ConvImageEncoder(nn.Module):
+    """image [N,3,L,L] -> [N,C,L/16,L/16], a drop-in for ImageEncoderViT.
+
+    SAM's mask decoder has no skip connections: everything it knows about a
+    boundary inside a 16 px cell must be in that cell's embedding. So the 1/4 and
+    1/8 feature maps are folded into the 1/16 grid with pixel_unshuffle (space to
+    depth) rather than pooled away. Dilated blocks at 1/16 give large objects a
+    receptive field of about 30 cells without attention.
+    """
+
+    def __init__(self, img_size: int, out_chans: int, widths, depths, dilations) -> None:
+        super().__init__()
+        self.img_size = img_size
+        w0, w1, w2, w3 = widths
+        self.stem = nn.Sequential(_ConvBN(3, w0, stride=2), *[_ResBlock(w0) for _ in range(depths[0])])
+        self.s4 = nn.Sequential(_ConvBN(w0, w1, stride=2), *[_ResBlock(w1) for _ in range(depths[1])])
+        self.s8 = nn.Sequential(_ConvBN(w1, w2, stride=2), *[_ResBlock(w2) for _ in range(depths[2])])
+        self.s16 = nn.Sequential(
+            _ConvBN(w2, w3, stride=2),
+            *[_ResBlock(w3, dilations[i % len(dilations)]) for i in range(depths[3])],
+        )
+        self.fold4 = nn.Conv2d(w1 * 16, out_chans, 1)
+        self.fold8 = nn.Conv2d(w2 * 4, out_chans, 1)
+        self.proj16 = nn.Conv2d(w3, out_chans, 1)
+        self.neck = nn.Sequential(
+            nn.GELU(),
+            nn.Conv2d(out_chans, out_chans, 3, padding=1, bias=False),
+            LayerNorm2d(out_chans),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f4 = self.s4(self.stem(x))
+        f8 = self.s8(f4)
+        f16 = self.s16(f8)
+        y = self.proj16(f16) + self.fold8(F.pixel_unshuffle(f8, 2)) + self.fold4(F.pixel_unshuffle(f4, 4))
+        return self.neck(y)
+
+
 def build_sam(arch: Dict[str, Any]) -> Sam:
     """Instantiate a Sam model (random init) from an architecture dict."""
     L = int(arch["image_size"])
     p = int(arch["patch_size"])
     grid = L // p
     C = int(arch["prompt_embed_dim"])
-    encoder = ImageEncoderViT(
+    if arch.get("encoder_type", "vit") == "conv":
+        encoder = ConvImageEncoder(
+            L, C, arch["encoder_widths"], arch["encoder_depths"], arch["encoder_dilations"]
+        )
+    else:
+        encoder = _vit_encoder(arch, L, p, C)
+    return _build_rest(arch, encoder, L, grid, C)
+
+
+def _vit_encoder(arch, L, p, C):
+    return ImageEncoderViT(
         img_size=L,
         patch_size=p,
         in_chans=3,
@@ -82,6 +173,9 @@ def build_sam(arch: Dict[str, Any]) -> Sam:
         window_size=int(arch["encoder_window_size"]),
         global_attn_indexes=tuple(arch["encoder_global_attn_indexes"]),
     )
+
+
+def _build_rest(arch, encoder, L, grid, C) -> Sam:
     prompt = PromptEncoder(
         embed_dim=C,
         image_embedding_size=(grid, grid),
