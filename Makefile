@@ -9,16 +9,32 @@ CARGO       ?= cargo
 
 export ORT_DYLIB_PATH := $(CURDIR)/$(ORT_LIB)
 
-.PHONY: run build test ort fmt lint openapi bench clean
+.PHONY: run build test ort fmt lint openapi bench bench-quick clean
 
 run: $(ORT_LIB)
 	$(CARGO) run --release --bin samserve -- $(ARGS)
 
 build: $(ORT_LIB)
-	$(CARGO) build --release
+	$(CARGO) build --release --workspace
 
 test: $(ORT_LIB)
-	$(CARGO) test --release --all-targets
+	$(CARGO) test --release --workspace --all-targets
+
+# Load test + in-process decoder baseline against the default model; writes
+# target/bench/bench.{md,json}. BENCH_ARGS passes extra flags (e.g. --duration 20).
+bench: $(ORT_LIB)
+	$(CARGO) build --release --workspace
+	target/release/samserve-loadtest bench --server-bin target/release/samserve \
+		--model models/sam-tiny --out target/bench $(BENCH_ARGS)
+	@if [ -f target/vitb-random/manifest.json ]; then \
+		target/release/samserve-loadtest bench --server-bin target/release/samserve \
+			--model target/vitb-random --out target/bench-vitb --quick $(BENCH_ARGS); \
+	fi
+
+bench-quick: $(ORT_LIB)
+	$(CARGO) build --release --workspace
+	target/release/samserve-loadtest bench --server-bin target/release/samserve \
+		--model models/sam-tiny --out target/bench --quick
 
 ort: $(ORT_LIB)
 
@@ -38,7 +54,7 @@ fmt:
 	$(CARGO) fmt --all
 
 lint:
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 clean:
 	$(CARGO) clean

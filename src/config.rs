@@ -91,11 +91,11 @@ pub struct Config {
     pub max_batch_wait: u64,
 
     /// Most prompts queued for the decoder before new requests get 429.
-    #[arg(long, env = "SAMSERVE_MAX_QUEUED_PROMPTS", default_value_t = 2048)]
+    #[arg(long, env = "SAMSERVE_MAX_QUEUED_PROMPTS", default_value_t = 256)]
     pub max_queued_prompts: usize,
 
     /// Most images queued for the encoder before new uploads get 429.
-    #[arg(long, env = "SAMSERVE_MAX_QUEUED_IMAGES", default_value_t = 32)]
+    #[arg(long, env = "SAMSERVE_MAX_QUEUED_IMAGES", default_value_t = 16)]
     pub max_queued_images: usize,
 
     /// Most images encoded in one call when the encoder's batch axis is dynamic.
