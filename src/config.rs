@@ -68,6 +68,19 @@ pub struct Config {
     #[arg(long, env = "SAMSERVE_MAX_PROMPTS", default_value_t = 256)]
     pub max_prompts: usize,
 
+    /// Most masks one segment-everything answer holds; beyond it the highest predicted IoU
+    /// masks are kept and the summary says `truncated`.
+    #[arg(long, env = "SAMSERVE_EVERYTHING_MAX_MASKS", default_value_t = 1000)]
+    pub everything_max_masks: u64,
+
+    /// Most mask pixels (sum of areas) one segment-everything answer holds (same rule).
+    #[arg(
+        long,
+        env = "SAMSERVE_EVERYTHING_MAX_PIXELS",
+        default_value_t = 500_000_000
+    )]
+    pub everything_max_pixels: u64,
+
     /// ONNX Runtime intra-op threads for the encoder (0 = cores minus the decoder threads).
     #[arg(long, env = "SAMSERVE_ENCODER_THREADS", default_value_t = 0)]
     pub encoder_threads: usize,

@@ -53,6 +53,10 @@ pub struct Metrics {
     pub queue_wait_seconds: HistogramVec,
     /// HTTP requests being served.
     pub in_flight_requests: IntGauge,
+    /// Segment-everything point prompts decoded, by model (progress of long runs).
+    pub everything_points_total: IntCounterVec,
+    /// Segment-everything runs in progress.
+    pub everything_running: IntGauge,
 }
 
 impl Metrics {
@@ -185,6 +189,15 @@ impl Metrics {
                 &["queue"],
             ),
             in_flight_requests: gauge("samserve_in_flight_requests", "HTTP requests being served."),
+            everything_points_total: counter(
+                "samserve_everything_points_total",
+                "Segment-everything point prompts decoded (progress of long runs).",
+                &["model"],
+            ),
+            everything_running: gauge(
+                "samserve_everything_running",
+                "Segment-everything runs in progress.",
+            ),
             registry,
         };
         metrics

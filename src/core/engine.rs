@@ -166,9 +166,9 @@ fn decode_jobs(
 pub struct ModelHandle {
     /// What was learned from the ONNX files.
     pub spec: Arc<ModelSpec>,
-    name: Arc<str>,
-    encoder: EncodeQueue,
-    decoder: DecodeQueue,
+    pub(crate) name: Arc<str>,
+    pub(crate) encoder: EncodeQueue,
+    pub(crate) decoder: DecodeQueue,
 }
 
 /// Mask output encodings.
@@ -265,7 +265,7 @@ pub struct SegmentOptions {
 pub struct Engine {
     models: BTreeMap<String, ModelHandle>,
     default_model: String,
-    cache: EmbeddingCache,
+    pub(crate) cache: EmbeddingCache,
     /// Uploaded files by image id, for work that needs the pixels again (crops).
     originals: moka::future::Cache<Arc<str>, Bytes>,
     mask_store: MaskStore,
@@ -273,6 +273,8 @@ pub struct Engine {
     pub metrics: Arc<Metrics>,
     limits: PromptLimits,
     max_image_pixels: u64,
+    pub(crate) everything_max_masks: u64,
+    pub(crate) everything_max_pixels: u64,
     ready: AtomicBool,
 }
 
@@ -392,6 +394,8 @@ impl Engine {
                 max_prompts: config.max_prompts,
             },
             max_image_pixels: config.max_image_pixels,
+            everything_max_masks: config.everything_max_masks,
+            everything_max_pixels: config.everything_max_pixels,
             ready: AtomicBool::new(true),
         };
         Ok(Arc::new(engine))

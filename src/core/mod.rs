@@ -1,7 +1,9 @@
 //! The serving core: cache, prompts, workers and mask algorithms.
 
+pub mod amg;
 pub mod cache;
 pub mod engine;
+pub mod everything;
 pub mod mask_store;
 pub mod masks;
 pub mod prompts;

@@ -11,7 +11,8 @@ use crate::error::ApiError;
 
 /// What a body turned out to be.
 pub enum Payload {
-    /// Raw image bytes (`image/*`, `application/octet-stream` or no content type).
+    /// Raw image bytes (`image/*`, `application/octet-stream`, curl's default form type, or
+    /// no content type); the format is sniffed from the bytes.
     Image(Bytes),
     /// A JSON document.
     Json(Bytes),
@@ -61,7 +62,8 @@ pub async fn read_payload(req: Request, limit: usize) -> Result<Payload, ApiErro
     match mt.as_deref() {
         Some("multipart/form-data") => read_multipart(req).await,
         Some("application/json") => Ok(Payload::Json(read_limited(req.into_body(), limit).await?)),
-        None | Some("application/octet-stream") => {
+        // curl's --data-binary labels bodies as form data; the bytes are still sniffed.
+        None | Some("application/octet-stream") | Some("application/x-www-form-urlencoded") => {
             Ok(Payload::Image(read_limited(req.into_body(), limit).await?))
         }
         Some(m) if m.starts_with("image/") => {

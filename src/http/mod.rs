@@ -2,6 +2,7 @@
 //! [`crate::core::engine::Engine`].
 
 pub mod body;
+pub mod everything;
 pub mod images;
 pub mod openapi;
 pub mod system;
@@ -84,6 +85,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/images/{image_id}/segment", post(images::segment))
         .route("/v1/segment", post(images::segment_inline))
+        .route(
+            "/v1/images/{image_id}/everything",
+            post(everything::everything),
+        )
+        .route("/v1/everything", post(everything::everything_inline))
         .route("/v1/models", get(system::models))
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))

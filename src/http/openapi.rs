@@ -2,7 +2,8 @@
 
 use utoipa::OpenApi;
 
-use super::{images, system, types};
+use super::{everything, images, system, types};
+use crate::core::amg::{AmgParams, AmgPreset};
 use crate::core::engine::OutputFormat;
 use crate::core::masks::polygon::Polygon;
 use crate::core::masks::rle::CocoRle;
@@ -20,13 +21,15 @@ use crate::error::{ErrorBody, ErrorDetail};
     paths(
         images::upload, images::put_image, images::get_image, images::head_image,
         images::delete_image, images::segment, images::segment_inline,
+        everything::everything, everything::everything_inline,
         system::models, system::healthz, system::readyz, system::metrics, system::openapi_json,
     ),
     components(schemas(
         types::ImageResponse, types::SegmentRequest, types::InlineSegmentRequest,
         types::SegmentResponse, types::PromptResult, types::MaskOut, types::ModelInfo,
         types::ModelList, types::Health, Prompt, Point, OutputFormat, CocoRle, Polygon,
-        ErrorBody, ErrorDetail,
+        ErrorBody, ErrorDetail, everything::EverythingRequest, everything::EverythingResponse,
+        everything::EverythingMask, everything::Segmentation, AmgParams, AmgPreset,
     )),
     tags(
         (name = "images", description = "Upload images and manage their cached embeddings"),

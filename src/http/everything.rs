@@ -1,0 +1,351 @@
+//! Segment-everything routes: one JSON document, or NDJSON lines streamed as work proceeds.
+
+use std::convert::Infallible;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use utoipa::ToSchema;
+
+use super::body::{decode_base64_image, parse_json, read_limited, read_payload, Payload};
+use super::types::ModelQuery;
+use super::AppState;
+use crate::core::amg::{AmgMask, AmgParams, AmgProgress, AmgSummary};
+use crate::core::engine::OutputFormat;
+use crate::core::masks::polygon::{mask_to_polygons, Polygon};
+use crate::core::masks::rle::{encode, CocoRle};
+use crate::error::{ApiError, ApiResult, ErrorBody, ErrorDetail};
+
+/// Body of a segment-everything call: the generator's parameters (all optional, reference
+/// defaults) plus the mask encoding. The one-shot form adds `image` (base64).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct EverythingRequest {
+    /// Generator parameters, given at the top level of the body.
+    #[serde(flatten)]
+    pub params: AmgParams,
+    /// Mask encoding: `rle` (default), `png`, `polygon` or `none`.
+    #[serde(default)]
+    pub output: OutputFormat,
+}
+
+/// A mask as encoded on the wire.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Segmentation {
+    /// COCO compressed RLE.
+    Rle(CocoRle),
+    /// Base64 1-bit PNG.
+    Png(String),
+    /// Polygons with holes.
+    Polygons(Vec<Polygon>),
+}
+
+/// One generated mask: the reference generator's output record.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EverythingMask {
+    /// The mask (absent with `output: none`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub segmentation: Option<Segmentation>,
+    /// Foreground pixels.
+    pub area: u64,
+    /// `[x, y, w, h]` from the inclusive-max box, as the reference reports it.
+    pub bbox: [u32; 4],
+    /// Predicted IoU.
+    pub predicted_iou: f32,
+    /// The prompt point, `[[x, y]]`.
+    pub point_coords: Vec<[f64; 2]>,
+    /// Stability score (null for an empty mask when the stability filter is off).
+    pub stability_score: Option<f32>,
+    /// Crop the mask came from, `[x, y, w, h]`.
+    pub crop_box: [u32; 4],
+}
+
+/// Answer of a segment-everything call (non-streaming).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EverythingResponse {
+    /// Image id.
+    pub image_id: String,
+    /// Model used.
+    pub model: String,
+    /// Image width.
+    pub width: u32,
+    /// Image height.
+    pub height: u32,
+    /// Masks in the reference generator's order.
+    pub masks: Vec<EverythingMask>,
+    /// How the run went; `truncated` tells whether the caps dropped masks.
+    #[schema(value_type = Object)]
+    pub summary: serde_json::Value,
+}
+
+fn encode_record(m: AmgMask, output: OutputFormat) -> EverythingMask {
+    let segmentation = match output {
+        OutputFormat::Rle => Some(Segmentation::Rle(encode(&m.segmentation))),
+        OutputFormat::Png => Some(Segmentation::Png(
+            base64::engine::general_purpose::STANDARD
+                .encode(crate::core::masks::png::encode_png_1bit(&m.segmentation)),
+        )),
+        OutputFormat::Polygon => Some(Segmentation::Polygons(mask_to_polygons(&m.segmentation))),
+        OutputFormat::None => None,
+    };
+    EverythingMask {
+        segmentation,
+        area: m.area,
+        bbox: m.bbox,
+        predicted_iou: m.predicted_iou,
+        point_coords: vec![m.point_coords],
+        stability_score: m.stability_score.is_finite().then_some(m.stability_score),
+        crop_box: m.crop_box,
+    }
+}
+
+fn summary_json(
+    s: &AmgSummary,
+    model: &str,
+    width: u32,
+    height: u32,
+    image_id: &str,
+) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("image_id".into(), image_id.into());
+        o.insert("model".into(), model.into());
+        o.insert("width".into(), width.into());
+        o.insert("height".into(), height.into());
+    }
+    v
+}
+
+/// Splits a JSON body into the request and an optional inline image (`image`, base64).
+fn parse_request(body: &[u8], allow_image: bool) -> ApiResult<(EverythingRequest, Option<Bytes>)> {
+    let mut v: serde_json::Value = parse_json(body)?;
+    let obj = v
+        .as_object_mut()
+        .ok_or_else(|| ApiError::BadRequest("body must be a JSON object".into()))?;
+    let image = match obj.remove("image") {
+        Some(serde_json::Value::String(s)) if allow_image => Some(decode_base64_image(&s)?),
+        Some(_) if allow_image => {
+            return Err(ApiError::BadRequest(
+                "field 'image' must be a base64 string".into(),
+            ))
+        }
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "unknown field 'image' (use POST /v1/everything for inline images)".into(),
+            ))
+        }
+        None => None,
+    };
+    let output: OutputFormat = match obj.remove("output") {
+        Some(o) => serde_json::from_value(o)
+            .map_err(|e| ApiError::BadRequest(format!("invalid 'output': {e}")))?,
+        None => OutputFormat::default(),
+    };
+    let params: AmgParams = serde_json::from_value(v)
+        .map_err(|e| ApiError::BadRequest(format!("invalid parameters: {e}")))?;
+    params.validate().map_err(ApiError::InvalidPrompt)?;
+    Ok((EverythingRequest { params, output }, image))
+}
+
+fn wants_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.contains("application/x-ndjson"))
+        .unwrap_or(false)
+}
+
+/// Run SAM's automatic mask generator on a cached image.
+///
+/// With `Accept: application/x-ndjson` the answer streams one JSON object per line:
+/// `{"type": "progress", ...}` while points are decoded, then `{"type": "mask", ...}` per
+/// mask, then `{"type": "summary", ...}` (or `{"type": "error", "error": {...}}`).
+#[utoipa::path(
+    post, path = "/v1/images/{image_id}/everything", tag = "segment",
+    params(("image_id" = String, Path, description = "Image id from POST /v1/images"), ModelQuery),
+    request_body = EverythingRequest,
+    responses(
+        (status = 200, description = "Generated masks (JSON, or NDJSON lines when asked)", body = EverythingResponse),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 404, description = "Unknown image or model", body = ErrorBody),
+        (status = 422, description = "Invalid parameters", body = ErrorBody),
+        (status = 429, description = "Overloaded", body = ErrorBody),
+    )
+)]
+pub async fn everything(
+    State(state): State<AppState>,
+    Path(image_id): Path<String>,
+    Query(q): Query<ModelQuery>,
+    req: Request,
+) -> ApiResult<Response> {
+    let ndjson = wants_ndjson(req.headers());
+    let body = read_limited(req.into_body(), state.max_body_bytes).await?;
+    let (request, _) = parse_request(&body, false)?;
+    run(state, q.model, image_id, request, ndjson).await
+}
+
+/// One-shot segment everything with the image inline (JSON with base64 `image`, or
+/// multipart with `image` and an optional `request` JSON part). Uses the same cache.
+#[utoipa::path(
+    post, path = "/v1/everything", tag = "segment",
+    params(ModelQuery),
+    request_body(content(("application/json"), ("multipart/form-data"))),
+    responses(
+        (status = 200, description = "Generated masks", body = EverythingResponse),
+        (status = 400, description = "Malformed body or corrupt image", body = ErrorBody),
+        (status = 413, description = "Over a limit", body = ErrorBody),
+        (status = 415, description = "Unsupported type", body = ErrorBody),
+        (status = 422, description = "Invalid parameters", body = ErrorBody),
+    )
+)]
+pub async fn everything_inline(
+    State(state): State<AppState>,
+    Query(q): Query<ModelQuery>,
+    req: Request,
+) -> ApiResult<Response> {
+    let ndjson = wants_ndjson(req.headers());
+    let (request, image) = match read_payload(req, state.max_body_bytes).await? {
+        Payload::Json(j) => {
+            let (r, image) = parse_request(&j, true)?;
+            let image = image
+                .ok_or_else(|| ApiError::BadRequest("missing field 'image' (base64)".into()))?;
+            (r, image)
+        }
+        Payload::Multipart { image, request } => {
+            let r = match request {
+                Some(r) => parse_request(&r, false)?.0,
+                None => EverythingRequest::default(),
+            };
+            (r, image)
+        }
+        Payload::Image(_) => {
+            return Err(ApiError::UnsupportedMediaType(
+                "POST /v1/everything takes application/json or multipart/form-data".into(),
+            ))
+        }
+    };
+    let info = state
+        .engine()?
+        .ingest(q.model.as_deref(), image, None)
+        .await?;
+    run(state, q.model, info.image_id, request, ndjson).await
+}
+
+async fn run(
+    state: AppState,
+    model: Option<String>,
+    image_id: String,
+    request: EverythingRequest,
+    ndjson: bool,
+) -> ApiResult<Response> {
+    let engine = state.engine()?.clone();
+    // Fail fast on unknown model or image before starting a stream.
+    engine.embedding(model.as_deref(), &image_id).await?;
+    let output = request.output;
+    if !ndjson {
+        let never = || false;
+        let (out, w, h) = engine
+            .everything(model.as_deref(), &image_id, request.params, |_| {}, &never)
+            .await?;
+        let model_name = engine.model(model.as_deref())?.spec.name.clone();
+        let summary = summary_json(&out.summary, &model_name, w, h, &image_id);
+        let masks = tokio::task::spawn_blocking(move || {
+            out.masks
+                .into_iter()
+                .map(|m| encode_record(m, output))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(ApiError::internal)?;
+        return Ok(Json(EverythingResponse {
+            image_id,
+            model: model_name,
+            width: w,
+            height: h,
+            masks,
+            summary,
+        })
+        .into_response());
+    }
+
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        let line = |v: serde_json::Value| {
+            let mut s = v.to_string();
+            s.push('\n');
+            Bytes::from(s)
+        };
+        let progress_tx = tx.clone();
+        let cancel_tx = tx.clone();
+        let cancelled = move || cancel_tx.is_closed();
+        let result = engine
+            .everything(
+                model.as_deref(),
+                &image_id,
+                request.params,
+                move |p: AmgProgress| {
+                    let mut v = serde_json::to_value(p).unwrap_or_default();
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("type".into(), "progress".into());
+                    }
+                    // Progress lines are advisory: skip one rather than wait for the client.
+                    let _ = progress_tx.try_send(line(v));
+                },
+                &cancelled,
+            )
+            .await;
+        match result {
+            Ok((out, w, h)) => {
+                let model_name = engine
+                    .model(model.as_deref())
+                    .map(|m| m.spec.name.clone())
+                    .unwrap_or_default();
+                let summary = summary_json(&out.summary, &model_name, w, h, &image_id);
+                for m in out.masks {
+                    let rec = tokio::task::spawn_blocking(move || encode_record(m, output)).await;
+                    let Ok(rec) = rec else { return };
+                    let mut v = serde_json::to_value(rec).unwrap_or_default();
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("type".into(), "mask".into());
+                    }
+                    if tx.send(line(v)).await.is_err() {
+                        return;
+                    }
+                }
+                let mut v = summary;
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("type".into(), "summary".into());
+                }
+                let _ = tx.send(line(v)).await;
+            }
+            Err(e) => {
+                let (_, code) = e.kind().status_and_code();
+                let body = ErrorBody {
+                    error: ErrorDetail {
+                        code: code.into(),
+                        message: e.public_message(),
+                    },
+                };
+                let mut v = serde_json::to_value(body).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("type".into(), "error".into());
+                }
+                let _ = tx.send(line(v)).await;
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
