@@ -53,6 +53,8 @@ from samtiny import (  # noqa: E402
     EncoderNCHW,
     PromptDecoder,
     build_sam,
+    export,
+    fix_output_shapes,
     synth_scene,
 )
 from segment_anything.utils.transforms import ResizeLongestSide  # noqa: E402
@@ -258,49 +260,6 @@ def fit_decoder(sam, steps: int, rng, log=print):
 # ---------------------------------------------------------------------------
 # Export and verification
 # ---------------------------------------------------------------------------
-
-
-def fix_output_shapes(path, shapes):
-    """Replace the exporter's generated symbolic output dims with the real ones
-    (ints for static axes, names for dynamic axes), so that readers of the model
-    metadata see e.g. image_embeddings [1, 64, 32, 32]."""
-    import onnx
-
-    m = onnx.load(path)
-    for out in m.graph.output:
-        if out.name not in shapes:
-            continue
-        dims = out.type.tensor_type.shape.dim
-        want = shapes[out.name]
-        assert len(dims) == len(want), (out.name, len(dims), want)
-        for d, v in zip(dims, want):
-            if isinstance(v, int):
-                d.ClearField("dim_param")
-                d.dim_value = v
-            else:
-                d.ClearField("dim_value")
-                d.dim_param = v
-    onnx.checker.check_model(m)
-    onnx.save(m, path)
-
-
-def export(model, args, path, input_names, output_names, dynamic_axes):
-    with torch.no_grad():
-        torch.onnx.export(
-            model,
-            args,
-            path,
-            input_names=input_names,
-            output_names=output_names,
-            dynamic_axes=dynamic_axes,
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    import onnx
-
-    m = onnx.load(path)
-    onnx.checker.check_model(m)
 
 
 def decoder_inputs(emb, coords, labels, mask_in, has, hw):

@@ -379,3 +379,115 @@ def synth_scene(rng, width: int, height: int, n_shapes: int = 5, noise: float = 
         arr = arr + rng.normal(0.0, noise, arr.shape)
     arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
     return arr, masks
+
+
+# ---------------------------------------------------------------------------
+# ONNX export (shared by build_tiny_model.py and export_onnx.py)
+# ---------------------------------------------------------------------------
+
+OPSET = 17
+
+
+def fix_output_shapes(path, shapes):
+    """Replace the exporter's generated symbolic output dims with the real ones
+    (ints for static axes, names for dynamic axes), so that readers of the model
+    metadata see e.g. image_embeddings [1, 64, 32, 32]."""
+    import onnx
+
+    m = onnx.load(path)
+    for out in m.graph.output:
+        if out.name not in shapes:
+            continue
+        dims = out.type.tensor_type.shape.dim
+        want = shapes[out.name]
+        assert len(dims) == len(want), (out.name, len(dims), want)
+        for d, v in zip(dims, want):
+            if isinstance(v, int):
+                d.ClearField("dim_param")
+                d.dim_value = v
+            else:
+                d.ClearField("dim_value")
+                d.dim_param = v
+    # check_model by path: a ViT-H encoder exceeds the 2 GB in-memory protobuf limit.
+    onnx.save(m, path)
+    onnx.checker.check_model(path)
+
+
+def export(model, args, path, input_names, output_names, dynamic_axes):
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            args,
+            path,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    import onnx
+
+    onnx.checker.check_model(path)
+
+
+def export_encoder_nchw(sam: Sam, path: str) -> None:
+    L = sam.image_encoder.img_size
+    C = sam.prompt_encoder.embed_dim
+    g = sam.prompt_encoder.image_embedding_size[0]
+    export(EncoderNCHW(sam).eval(), (torch.zeros(1, 3, L, L),), path, ["image"], ["image_embeddings"], None)
+    fix_output_shapes(path, {"image_embeddings": [1, C, g, g]})
+
+
+def export_encoder_hwc(sam: Sam, path: str) -> None:
+    L = sam.image_encoder.img_size
+    C = sam.prompt_encoder.embed_dim
+    g = sam.prompt_encoder.image_embedding_size[0]
+    export(
+        EncoderHWC(sam).eval(),
+        (torch.rand(L * 3 // 4, L, 3) * 255,),
+        path,
+        ["input_image"],
+        ["image_embeddings"],
+        {"input_image": {0: "height", 1: "width"}},
+    )
+    fix_output_shapes(path, {"image_embeddings": [1, C, g, g]})
+
+
+def export_decoder(sam: Sam, path: str) -> None:
+    """Official decoder signature; prompt batch (axis 0) and point count dynamic."""
+    L = sam.image_encoder.img_size
+    C = sam.prompt_encoder.embed_dim
+    g = sam.prompt_encoder.image_embedding_size[0]
+    B = 2
+    export(
+        PromptDecoder(sam).eval(),
+        (
+            torch.randn(1, C, g, g),
+            torch.rand(B, 3, 2) * L,
+            torch.tensor([[1.0, 0.0, -1.0], [2.0, 3.0, -1.0]]),
+            torch.zeros(B, 1, 4 * g, 4 * g),
+            torch.zeros(B),
+            torch.tensor([480.0, 640.0]),
+        ),
+        path,
+        ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"],
+        ["masks", "iou_predictions", "low_res_masks"],
+        {
+            "point_coords": {0: "batch", 1: "num_points"},
+            "point_labels": {0: "batch", 1: "num_points"},
+            "mask_input": {0: "batch"},
+            "has_mask_input": {0: "batch"},
+            "masks": {0: "batch", 2: "height", 3: "width"},
+            "iou_predictions": {0: "batch"},
+            "low_res_masks": {0: "batch"},
+        },
+    )
+    fix_output_shapes(
+        path,
+        {
+            "masks": ["batch", 4, "height", "width"],
+            "iou_predictions": ["batch", 4],
+            "low_res_masks": ["batch", 4, 4 * g, 4 * g],
+        },
+    )

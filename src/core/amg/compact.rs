@@ -6,9 +6,11 @@
 
 use crate::core::masks::BinaryMask;
 
-/// A binary mask as row-major runs over its bounding box, positioned in image coordinates.
+/// A binary mask stored as row-major runs over its bounding box, positioned in image
+/// coordinates: the form masks take inside the generator, and a cheap one to hand out when
+/// masks are encoded one at a time (expand with [`CompactMask::to_mask`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CompactMask {
+pub struct CompactMask {
     /// Top-left corner of the bounding box in image pixels.
     x0: u32,
     y0: u32,
@@ -63,7 +65,7 @@ impl CompactMask {
     }
 
     /// A full-size mask, cropped to its foreground's bounding box.
-    pub(crate) fn from_mask(mask: &BinaryMask) -> Self {
+    pub fn from_mask(mask: &BinaryMask) -> Self {
         let fg = |i: usize| mask.data[i] != 0;
         let (w, h) = (mask.width as usize, mask.height as usize);
         Self::from_plane(w, super::grid::box_of(w, h, fg), [0, 0], fg)
@@ -81,12 +83,16 @@ impl CompactMask {
     }
 
     /// Number of foreground pixels.
-    pub(crate) fn area(&self) -> u64 {
+    pub fn area(&self) -> u64 {
         self.area
     }
 
-    /// Expands into a `width × height` mask.
-    pub(crate) fn to_mask(&self, width: u32, height: u32) -> BinaryMask {
+    /// Expands into a `width × height` mask (the image size it was generated for).
+    ///
+    /// # Panics
+    ///
+    /// Panics if the mask's bounding box does not fit in `width × height`.
+    pub fn to_mask(&self, width: u32, height: u32) -> BinaryMask {
         let mut out = BinaryMask::new(width, height);
         let (bw, w) = (self.w as usize, width as usize);
         let (x0, y0) = (self.x0 as usize, self.y0 as usize);

@@ -96,6 +96,53 @@ pub struct AmgOutput {
     pub summary: AmgSummary,
 }
 
+/// An [`AmgMask`] whose segmentation is still run-length encoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AmgRecord {
+    pub segmentation: CompactMask,
+    pub area: u64,
+    pub bbox: [u32; 4],
+    pub predicted_iou: f32,
+    pub point_coords: [f64; 2],
+    pub stability_score: f32,
+    pub crop_box: [u32; 4],
+}
+
+/// The result of [`generate_records`]. Full-size masks cost `width × height` bytes each, so a
+/// caller that encodes masks one by one should expand them one by one with
+/// [`AmgRecords::mask`] rather than through [`AmgRecords::into_output`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct AmgRecords {
+    pub width: u32,
+    pub height: u32,
+    pub records: Vec<AmgRecord>,
+    pub summary: AmgSummary,
+}
+
+impl AmgRecords {
+    /// The full-size mask record `i`.
+    pub fn mask(&self, i: usize) -> AmgMask {
+        let r = &self.records[i];
+        AmgMask {
+            segmentation: r.segmentation.to_mask(self.width, self.height),
+            area: r.area,
+            bbox: r.bbox,
+            predicted_iou: r.predicted_iou,
+            point_coords: r.point_coords,
+            stability_score: r.stability_score,
+            crop_box: r.crop_box,
+        }
+    }
+
+    /// Expands every record.
+    pub fn into_output(self) -> AmgOutput {
+        AmgOutput {
+            masks: (0..self.records.len()).map(|i| self.mask(i)).collect(),
+            summary: self.summary,
+        }
+    }
+}
+
 /// A mask between decoding and the final record.
 #[derive(Debug, Clone)]
 struct Candidate {
@@ -140,8 +187,8 @@ struct BatchFilter {
 /// the kept ones stay in reference order and `summary.truncated` tells whether any were
 /// dropped.
 ///
-/// Masks are kept as run lengths until the end, and each batch's logits are dropped once
-/// filtered. The CPU-heavy steps run on tokio's blocking pool when a tokio runtime is
+/// Masks are kept as run lengths until the end (see [`generate_records`] to keep them so),
+/// and each batch's logits are dropped once filtered. The CPU-heavy steps run on tokio's blocking pool when a tokio runtime is
 /// present. `on_progress` is called after each decoded batch and each finished crop.
 ///
 /// Errors: [`ApiError::InvalidPrompt`] for invalid parameters or an image too small for its
@@ -152,13 +199,38 @@ pub async fn generate<B, P>(
     width: u32,
     height: u32,
     params: &AmgParams,
-    mut on_progress: P,
+    on_progress: P,
 ) -> Result<AmgOutput, ApiError>
 where
     B: AmgBackend + Sync,
     P: FnMut(AmgProgress) + Send,
 {
     let settings = params.resolve().map_err(ApiError::InvalidPrompt)?;
+    let records = generate_records(backend, width, height, &settings, on_progress).await?;
+    cpu(move || records.into_output()).await
+}
+
+/// [`generate`] with already resolved settings, leaving the masks run-length encoded.
+pub async fn generate_records<B, P>(
+    backend: &B,
+    width: u32,
+    height: u32,
+    settings: &AmgSettings,
+    mut on_progress: P,
+) -> Result<AmgRecords, ApiError>
+where
+    B: AmgBackend + Sync,
+    P: FnMut(AmgProgress) + Send,
+{
+    // AmgSettings has public fields; the invariants the loop below indexes by must hold even
+    // for settings not made by AmgParams::resolve.
+    if settings.point_grids.len() <= settings.crop_n_layers as usize
+        || settings.points_per_batch == 0
+    {
+        return Err(ApiError::InvalidPrompt(
+            "settings need a point grid per crop layer and points_per_batch >= 1".into(),
+        ));
+    }
     if width == 0 || height == 0 {
         return Err(ApiError::InvalidPrompt(format!(
             "cannot generate masks for an empty {width}x{height} image"
@@ -194,7 +266,7 @@ where
             backend,
             crop,
             [width, height],
-            &settings,
+            settings,
             &mut progress,
             &mut on_progress,
             &mut n_candidates,
@@ -232,23 +304,23 @@ where
     let keep = apply_caps(&data, settings.max_masks, settings.max_total_pixels);
     let truncated = keep.len() < data.len();
     let kept: Vec<Candidate> = if truncated { select(data, &keep) } else { data };
-    let masks = cpu(move || {
-        kept.into_iter()
-            .map(|c| AmgMask {
-                segmentation: c.mask.to_mask(width, height),
-                area: c.mask.area(),
-                bbox: box_xyxy_to_xywh(c.bbox),
-                predicted_iou: c.predicted_iou,
-                point_coords: c.point,
-                stability_score: c.stability,
-                crop_box: box_xyxy_to_xywh(c.crop),
-            })
-            .collect::<Vec<_>>()
-    })
-    .await?;
+    let records = kept
+        .into_iter()
+        .map(|c| AmgRecord {
+            area: c.mask.area(),
+            segmentation: c.mask,
+            bbox: box_xyxy_to_xywh(c.bbox),
+            predicted_iou: c.predicted_iou,
+            point_coords: c.point,
+            stability_score: c.stability,
+            crop_box: box_xyxy_to_xywh(c.crop),
+        })
+        .collect();
 
-    Ok(AmgOutput {
-        masks,
+    Ok(AmgRecords {
+        width,
+        height,
+        records,
         summary: AmgSummary {
             crops: crops.len(),
             points: progress.points_total,
@@ -348,12 +420,15 @@ fn filter_batch(
                     f.crop_h
                 )));
             }
-            if f.pred_iou_thresh > 0.0 && !(t.score > iou_thresh) {
+            // Written as "passes" so that NaN fails, as in the reference.
+            let iou_passes = t.score > iou_thresh;
+            if f.pred_iou_thresh > 0.0 && !iou_passes {
                 continue;
             }
             let stability =
                 stability_score(&t.logits, MASK_THRESHOLD as f64, f.stability_score_offset);
-            if f.stability_score_thresh > 0.0 && !(stability >= stab_thresh) {
+            let stability_passes = stability >= stab_thresh;
+            if f.stability_score_thresh > 0.0 && !stability_passes {
                 continue;
             }
             let fg = |i: usize| t.logits[i] > MASK_THRESHOLD;

@@ -30,7 +30,11 @@ mod stability;
 #[cfg(test)]
 mod tests;
 
-pub use generator::{generate, AmgBackend, AmgMask, AmgOutput, AmgProgress, AmgSummary};
+pub use compact::CompactMask;
+pub use generator::{
+    generate, generate_records, AmgBackend, AmgMask, AmgOutput, AmgProgress, AmgRecord, AmgRecords,
+    AmgSummary,
+};
 pub use grid::{
     box_xyxy_to_xywh, build_all_layer_point_grids, build_point_grid, generate_crop_boxes,
     is_box_near_crop_edge, layer_points_per_side, mask_to_box, uncrop_box, uncrop_mask,

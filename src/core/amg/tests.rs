@@ -461,6 +461,26 @@ fn fake_model_end_to_end_matches_reference() {
 }
 
 #[test]
+fn records_expand_to_the_same_masks() {
+    let e2e: E2e = fixture("fake_e2e.json");
+    let case = &e2e.cases[0];
+    let backend = FakeBackend::new(case.scene.clone());
+    let settings = case.params.resolve().unwrap();
+    let records = futures::executor::block_on(generate_records(
+        &backend,
+        case.width,
+        case.height,
+        &settings,
+        |_| {},
+    ))
+    .unwrap();
+    let one = records.mask(3);
+    let all = records.into_output();
+    assert_eq!(all.masks[3], one);
+    check_records(&case.name, &all.masks, &case.records);
+}
+
+#[test]
 fn runs_on_a_tokio_runtime() {
     let e2e: E2e = fixture("fake_e2e.json");
     let case = e2e
@@ -608,23 +628,4 @@ fn generate_future_is_send(backend: &FakeBackend, params: &AmgParams) {
     fn assert_send<T: Send>(_: &T) {}
     let fut = generate(backend, 1, 1, params, |_| {});
     assert_send(&fut);
-}
-
-#[test]
-fn tmp_timing_regions() {
-    let (w, h) = (1024u32, 768u32);
-    let mut m = BinaryMask::new(w, h);
-    for y in 100..600 {
-        for x in 200..900 {
-            if (x * 7 + y * 13) % 97 != 0 {
-                m.set(x, y, true);
-            }
-        }
-    }
-    let t = std::time::Instant::now();
-    for _ in 0..10 {
-        let (a, _) = remove_small_regions(&m, 100, RegionMode::Holes);
-        let _ = remove_small_regions(&a, 100, RegionMode::Islands);
-    }
-    eprintln!("TIMING 10x holes+islands 1024x768: {:?}", t.elapsed());
 }

@@ -1,0 +1,390 @@
+#!/usr/bin/env python3
+"""Train the default samserve model (see samtiny.DEFAULT_ARCH) on data_engine scenes.
+
+Recipe after the SAM paper (appendix A), scaled down:
+* each target object gets a first prompt: a uniform foreground point or its box
+  jittered with noise of std 10 % of the side (at most 20 px), 50/50;
+* then --clicks iterative points, each sampled uniformly from the error region of
+  the previous prediction (label 1 on a false negative, 0 on a false positive),
+  with the previous low-res logits fed back as mask_input; plus two mask-only
+  passes (no new point), one at a random place and one at the end. The paper uses
+  8 clicks (11 passes); the default here is 4 (7 passes) to fit a short GPU run.
+* loss 20 * focal + dice on the masks, MSE between predicted and actual IoU;
+  a single point without a box uses the three ambiguity tokens and only the best
+  of them takes the mask loss; every other prompt uses token 0;
+* AdamW (0.9, 0.999), weight decay 0.1, linear warm-up, then x0.1 step decays at
+  70 % and 90 % of the budget. The budget is wall time (--minutes), counted across
+  resumes, so the schedule is a function of elapsed training time.
+
+Resumable: --out holds train_state.pt (model + optimizer + progress), written
+every --save-every seconds and at the end, and checkpoint.pth (model only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from data_engine import HELDOUT_START, make_scene  # noqa: E402
+from samtiny import DEFAULT_ARCH, PIXEL_MEAN, PIXEL_STD, PromptDecoder, build_sam  # noqa: E402
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+# ---------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------
+
+
+class Scenes(torch.utils.data.IterableDataset):
+    """Endless stream of training scenes (seeds below HELDOUT_START) with K
+    target objects each and their first prompts, in the model frame (long side L,
+    zero-padded to L x L)."""
+
+    def __init__(self, L: int, k: int, seed0: int, min_area: int = 16) -> None:
+        self.L, self.k, self.seed0, self.min_area = L, k, seed0, min_area
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        i = 0
+        while True:
+            seed = (self.seed0 + i * nw + wid) % HELDOUT_START
+            i += 1
+            item = self.sample(seed)
+            if item is not None:
+                yield item
+
+    def sample(self, seed: int):
+        L, K = self.L, self.k
+        sc = make_scene(seed, long_side=L)
+        rng = np.random.default_rng(seed + 7919)
+        h, w = sc.height, sc.width
+        ids = [o.id for o in sc.objects]
+        masks = {}
+        for oid in ids:
+            m = sc.mask(oid)
+            if m.sum() >= self.min_area:
+                masks[oid] = m
+        if not masks:
+            return None
+        keys = list(masks)
+        pick = rng.choice(len(keys), size=K, replace=len(keys) < K)
+        img = np.zeros((L, L, 3), np.uint8)
+        img[:h, :w] = sc.image
+        tm = np.zeros((K, L, L), np.uint8)
+        pts = np.zeros((K, 2), np.float32)
+        boxes = np.zeros((K, 4), np.float32)
+        use_box = rng.random(K) < 0.5
+        for j, p in enumerate(pick):
+            m = masks[keys[int(p)]]
+            tm[j, :h, :w] = m
+            ys, xs = np.nonzero(m)
+            q = int(rng.integers(len(xs)))
+            pts[j] = (xs[q] + 0.5, ys[q] + 0.5)
+            b = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
+            side = np.array([b[2] - b[0], b[3] - b[1]] * 2, np.float32)
+            noise = np.clip(rng.normal(0, 0.1, 4) * side, -20, 20)
+            boxes[j] = np.clip(b + noise, 0, [w, h, w, h])
+        return {
+            "image": torch.from_numpy(img),
+            "hw": torch.tensor([h, w]),
+            "masks": torch.from_numpy(tm),
+            "points": torch.from_numpy(pts),
+            "boxes": torch.from_numpy(boxes),
+            "use_box": torch.from_numpy(use_box),
+        }
+
+
+# ---------------------------------------------------------------------------
+# Model pieces
+# ---------------------------------------------------------------------------
+
+
+def decode(sam, emb, dense_pe, sparse, dense):
+    """MaskDecoder.predict_masks for prompts that each bring their own image
+    embedding (emb [P,C,h,w]): the package method repeats one embedding per
+    prompt, which would force one call per image. Same modules, same maths;
+    checked against the package method in --self-test."""
+    md = sam.mask_decoder
+    out_tok = torch.cat([md.iou_token.weight, md.mask_tokens.weight], 0)
+    tokens = torch.cat([out_tok.unsqueeze(0).expand(sparse.shape[0], -1, -1), sparse], 1)
+    src = emb + dense
+    pos = dense_pe.expand(src.shape[0], -1, -1, -1)
+    b, c, h, w = src.shape
+    hs, src = md.transformer(src, pos, tokens)
+    up = md.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    hyper = torch.stack(
+        [md.output_hypernetworks_mlps[i](hs[:, 1 + i]) for i in range(md.num_mask_tokens)], 1
+    )
+    bb, cc, hh, ww = up.shape
+    masks = (hyper @ up.reshape(bb, cc, hh * ww)).reshape(bb, -1, hh, ww)
+    return masks, md.iou_prediction_head(hs[:, 0])
+
+
+def mask_losses(logits, target):
+    """20 * focal + dice per mask; logits/target [P, K, H, W] -> [P, K]."""
+    logits = logits.float()
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    pt = p * target + (1 - p) * (1 - target)
+    focal = (ce * (1 - pt) ** 2 * (0.25 * target + 0.75 * (1 - target))).mean(dim=(2, 3))
+    inter = (p * target).sum(dim=(2, 3))
+    dice = 1 - (2 * inter + 1) / (p.sum(dim=(2, 3)) + target.sum(dim=(2, 3)) + 1)
+    return 20.0 * focal + dice
+
+
+def binary_iou(pred, target):
+    inter = (pred & target).sum(dim=(-2, -1)).float()
+    union = (pred | target).sum(dim=(-2, -1)).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
+
+
+def sample_error_points(pred, target, valid, scale):
+    """One point per prompt, uniform over the error region (restricted to the
+    unpadded image). pred/target/valid bool [P, h, w]; returns [P, 3] (x, y, label)
+    in model-frame pixels."""
+    err = (pred ^ target) & valid
+    P, h, w = err.shape
+    weight = err.reshape(P, -1).float()
+    # No error at all: click anywhere in the object, which is then a no-op label-wise.
+    none = weight.sum(1) == 0
+    weight[none] = (target & valid).reshape(P, -1)[none].float() + 1e-6
+    idx = torch.multinomial(weight, 1)[:, 0]
+    y = torch.div(idx, w, rounding_mode="floor")
+    x = idx % w
+    lab = target.reshape(P, -1).gather(1, idx[:, None])[:, 0].float()
+    jit = torch.rand(P, 2, device=pred.device)
+    return torch.stack([(x.float() + jit[:, 0]) * scale, (y.float() + jit[:, 1]) * scale, lab], 1)
+
+
+def run_prompts(sam, pdec, emb, dense_pe, target, valid, first, has_box, args, stats):
+    """All passes for one group of prompts (all with a box, or all without).
+    first: [P, 2] points or [P, 4] boxes. Returns the summed loss."""
+    P = first.shape[0]
+    dev = emb.device
+    L = sam.image_encoder.img_size
+    res = target.shape[-1]
+    scale = L / res
+    if has_box:
+        tail = torch.stack(
+            [
+                torch.cat([first[:, :2], torch.full((P, 1), 2.0, device=dev)], 1),
+                torch.cat([first[:, 2:], torch.full((P, 1), 3.0, device=dev)], 1),
+            ],
+            1,
+        )
+        clicks = torch.zeros(P, 0, 3, device=dev)
+    else:
+        tail = torch.tensor([0.0, 0.0, -1.0], device=dev).expand(P, 1, 3)
+        clicks = torch.cat([first, torch.ones(P, 1, device=dev)], 1)[:, None]
+    n = args.clicks
+    kinds = ["first"] + ["click"] * n
+    kinds.insert(random.randint(1, n + 1), "mask")
+    kinds.append("mask")
+    mask_in = torch.zeros(P, 1, 4 * emb.shape[-2], 4 * emb.shape[-1], device=dev)
+    has = torch.zeros(P, device=dev)
+    total = 0.0
+    prev = None
+    tgt_f = target.float()[:, None]
+    for it, kind in enumerate(kinds):
+        if kind == "click":
+            pt = sample_error_points(prev, target, valid, scale)
+            clicks = torch.cat([clicks, pt[:, None]], 1)
+        pts = torch.cat([clicks, tail], 1)
+        sparse = pdec.embed_points(pts[..., :2], pts[..., 2])
+        dense = pdec.embed_masks(mask_in, has)
+        low, iou_pred = decode(sam, emb, dense_pe, sparse, dense)
+        up = F.interpolate(low.float(), size=(res, res), mode="bilinear", align_corners=False)
+        multi = it == 0 and not has_box
+        sel_tok = slice(1, 4) if multi else slice(0, 1)
+        logits = up[:, sel_tok]
+        losses = mask_losses(logits, tgt_f.expand_as(logits))
+        with torch.no_grad():
+            actual = binary_iou(logits > 0, target[:, None])
+        best = losses.argmin(1)
+        loss = losses.gather(1, best[:, None]).mean()
+        loss = loss + F.mse_loss(iou_pred[:, sel_tok].float(), actual)
+        total = total + loss
+        with torch.no_grad():
+            ar = torch.arange(P, device=dev)
+            chosen = best + sel_tok.start
+            prev = up[ar, chosen] > 0
+            mask_in = low[ar, chosen][:, None].detach().float()
+            has = torch.ones(P, device=dev)
+            if it == 0:
+                key = "box" if has_box else "point"
+                stats.setdefault(key, []).append(float(actual.max(1).values.mean()))
+                if multi:
+                    top = iou_pred[:, 1:4].argmax(1)
+                    stats.setdefault("point_top", []).append(float(actual[ar, top].mean()))
+            if it == len(kinds) - 1:
+                stats.setdefault("last", []).append(float(actual[:, 0].mean()))
+    return total / len(kinds)
+
+
+# ---------------------------------------------------------------------------
+# Loop
+# ---------------------------------------------------------------------------
+
+
+def lr_factor(frac: float, warm: float) -> float:
+    if frac < warm:
+        return (frac + 1e-3) / warm
+    if frac < 0.7:
+        return 1.0
+    if frac < 0.9:
+        return 0.1
+    return 0.01
+
+
+def self_test(sam, pdec):
+    """The batched decode must equal the package's predict_masks per image."""
+    torch.manual_seed(0)
+    C = sam.prompt_encoder.embed_dim
+    g = sam.prompt_encoder.image_embedding_size[0]
+    emb = torch.randn(1, C, g, g)
+    pts = torch.rand(3, 2, 2) * sam.image_encoder.img_size
+    lab = torch.tensor([[1.0, -1.0], [1.0, 0.0], [2.0, 3.0]])
+    sparse = pdec.embed_points(pts, lab)
+    dense = pdec.embed_masks(torch.zeros(3, 1, 4 * g, 4 * g), torch.zeros(3))
+    pe = sam.prompt_encoder.get_dense_pe()
+    with torch.no_grad():
+        a = sam.mask_decoder.predict_masks(emb, pe, sparse, dense)
+        b = decode(sam, emb.expand(3, -1, -1, -1), pe, sparse, dense)
+    d = max(float((a[0] - b[0]).abs().max()), float((a[1] - b[1]).abs().max()))
+    assert d < 1e-4, d
+    print(f"self-test: batched decode == MaskDecoder.predict_masks (max diff {d:.1e})")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.join(REPO, "target", "train"))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--minutes", type=float, default=30.0, help="total training budget, across resumes")
+    ap.add_argument("--batch", type=int, default=4, help="scenes per step")
+    ap.add_argument("--targets", type=int, default=8, help="objects prompted per scene")
+    ap.add_argument("--clicks", type=int, default=4, help="iterative error-region clicks (paper: 8)")
+    ap.add_argument("--lr", type=float, default=8e-4)
+    ap.add_argument("--warmup", type=float, default=0.03, help="fraction of the budget")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--save-every", type=float, default=60.0, help="seconds")
+    ap.add_argument("--fresh", action="store_true", help="ignore an existing train_state.pt")
+    ap.add_argument("--init", help="start from this model state_dict (fresh optimizer and schedule)")
+    ap.add_argument("--log-every", type=int, default=20)
+    args = ap.parse_args(argv)
+
+    dev = torch.device(args.device)
+    os.makedirs(args.out, exist_ok=True)
+    state_path = os.path.join(args.out, "train_state.pt")
+    torch.manual_seed(0)
+    sam = build_sam(DEFAULT_ARCH)
+    pdec = PromptDecoder(sam)
+    self_test(sam, pdec)
+    if args.init:
+        sam.load_state_dict(torch.load(args.init, map_location="cpu"))
+        print(f"initialised from {args.init}")
+    sam.to(dev)
+    opt = torch.optim.AdamW(sam.parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=0.1)
+    step, elapsed = 0, 0.0
+    if os.path.exists(state_path) and not args.fresh:
+        st = torch.load(state_path, map_location=dev)
+        sam.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        step, elapsed = st["step"], st["elapsed"]
+        print(f"resumed from {state_path}: step {step}, {elapsed / 60:.1f} min trained")
+    budget = args.minutes * 60.0
+    if elapsed >= budget:
+        print("budget already spent; raise --minutes to continue")
+    L = sam.image_encoder.img_size
+    # A fresh part of the seed space per resume, so a resumed run sees new scenes.
+    ds = Scenes(L, args.targets, seed0=(step * args.batch * 7) % HELDOUT_START)
+    dl = torch.utils.data.DataLoader(
+        ds, batch_size=args.batch, num_workers=args.workers, pin_memory=dev.type == "cuda",
+        persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers > 0 else None,
+    )
+    mean = torch.tensor(PIXEL_MEAN, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(PIXEL_STD, device=dev).view(1, 3, 1, 1)
+    amp = dev.type == "cuda"
+    res = L // 2  # loss resolution: low-res logits upsampled x2
+    sam.train()
+
+    def save():
+        sam.eval()
+        tmp = state_path + ".tmp"
+        torch.save({"model": sam.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
+                    "arch": DEFAULT_ARCH}, tmp)
+        os.replace(tmp, state_path)
+        torch.save({k: v.detach().cpu() for k, v in sam.state_dict().items()}, os.path.join(args.out, "checkpoint.pth"))
+        sam.train()
+
+    stats: dict = {}
+    t_last_save = time.time()
+    t_start = time.time()
+    e_start = elapsed
+    it = iter(dl)
+    while elapsed < budget:
+        batch = next(it)
+        for g in opt.param_groups:
+            g["lr"] = args.lr * lr_factor(elapsed / budget, args.warmup)
+        img = batch["image"].to(dev, non_blocking=True).permute(0, 3, 1, 2).float()
+        hw = batch["hw"].to(dev)
+        N = img.shape[0]
+        ar = torch.arange(L, device=dev)
+        valid_full = (ar[None, :, None] < hw[:, 0, None, None]) & (ar[None, None, :] < hw[:, 1, None, None])
+        x = (img - mean) / std * valid_full[:, None]
+        masks = batch["masks"].to(dev, non_blocking=True).float()  # [N, K, L, L]
+        K = masks.shape[1]
+        target = F.avg_pool2d(masks, 2) > 0.5
+        target = target.reshape(N * K, res, res)
+        valid = F.avg_pool2d(valid_full[:, None].float(), 2)[:, 0] > 0.5
+        valid = valid[:, None].expand(N, K, res, res).reshape(N * K, res, res)
+        use_box = batch["use_box"].to(dev).reshape(-1)
+        pts = batch["points"].to(dev).reshape(-1, 2)
+        boxes = batch["boxes"].to(dev).reshape(-1, 4)
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
+            emb = sam.image_encoder(x)
+            emb_p = emb.repeat_interleave(K, 0)
+            dense_pe = sam.prompt_encoder.get_dense_pe()
+            loss = 0.0
+            for has_box in (False, True):
+                sel = use_box == has_box
+                if int(sel.sum()) == 0:
+                    continue
+                first = boxes[sel] if has_box else pts[sel]
+                lg = run_prompts(sam, pdec, emb_p[sel], dense_pe, target[sel], valid[sel], first, has_box, args, stats)
+                loss = loss + lg * float(sel.float().mean())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
+        opt.step()
+        step += 1
+        elapsed = e_start + (time.time() - t_start)
+        if step % args.log_every == 0:
+            s = {k: np.mean(v) for k, v in stats.items()}
+            print(
+                f"step {step} {elapsed / 60:.1f}/{args.minutes:.1f} min lr {opt.param_groups[0]['lr']:.1e} "
+                f"loss {float(loss.detach()):.3f} IoU: point oracle {s.get('point', 0):.3f} top {s.get('point_top', 0):.3f} "
+                f"box {s.get('box', 0):.3f} last pass {s.get('last', 0):.3f}",
+                flush=True,
+            )
+            stats = {}
+        if time.time() - t_last_save > args.save_every:
+            save()
+            t_last_save = time.time()
+    save()
+    print(f"done: step {step}, {elapsed / 60:.1f} min; wrote {state_path} and checkpoint.pth")
+
+
+if __name__ == "__main__":
+    main()
