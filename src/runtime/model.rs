@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::{Session, SessionInputValue};
+use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session, SessionInputValue};
 use ort::value::TensorRef;
 
 use super::device::Device;
@@ -313,6 +313,7 @@ pub fn load_model(
     let mut decoder = DecoderSession {
         session: decoder,
         spec: Arc::new(spec.clone()),
+        low_res_only: low_res_only()?,
     };
     let (low_res, tokens) = decoder
         .probe(&emb)
@@ -337,6 +338,7 @@ pub fn load_model(
             )?
             .0,
             spec: spec.clone(),
+            low_res_only: low_res_only()?,
         });
     }
     Ok(ModelSessions {
@@ -451,6 +453,18 @@ impl EncoderSession {
 pub struct DecoderSession {
     session: Session,
     spec: Arc<ModelSpec>,
+    /// Fetches only `iou_predictions` and `low_res_masks`: the official graph's
+    /// full-resolution `masks` covers all four tokens, while the server upsamples only the
+    /// tokens it returns.
+    low_res_only: RunOptions<HasSelectedOutputs>,
+}
+
+fn low_res_only() -> anyhow::Result<RunOptions<HasSelectedOutputs>> {
+    Ok(RunOptions::new().map_err(|e| anyhow!("{e}"))?.with_outputs(
+        OutputSelector::no_default()
+            .with("iou_predictions")
+            .with("low_res_masks"),
+    ))
 }
 
 impl DecoderSession {
@@ -466,7 +480,7 @@ impl DecoderSession {
             mask_input: None,
             tokens: vec![],
         };
-        let raw = self.run_raw(emb, &[prompt], None)?;
+        let raw = self.run_raw(emb, &[prompt])?;
         Ok((raw.low_res_hw, raw.tokens))
     }
 
@@ -506,7 +520,7 @@ impl DecoderSession {
         emb: &Embedding,
         prompts: &[DecoderPrompt],
     ) -> anyhow::Result<Vec<Vec<TokenOutput>>> {
-        let raw = self.run_raw(emb, prompts, Some(()))?;
+        let raw = self.run_raw(emb, prompts)?;
         let [mh, mw] = raw.low_res_hw;
         let (h, w) = (emb.height as usize, emb.width as usize);
         let tokens = raw.tokens;
@@ -519,22 +533,17 @@ impl DecoderSession {
                 }
                 let lo = (b * tokens + t) * mh * mw;
                 let low_res = raw.low_res[lo..lo + mh * mw].to_vec();
-                let logits = match &raw.masks {
-                    Some(m) => {
-                        let off = (b * tokens + t) * h * w;
-                        m[off..off + h * w].to_vec()
-                    }
-                    None => super::resize::upscale_low_res_logits(
-                        &low_res,
-                        mw,
-                        mh,
-                        self.spec.input_size,
-                        emb.resized_width as usize,
-                        emb.resized_height as usize,
-                        w,
-                        h,
-                    ),
-                };
+                // SAM's postprocess_masks, for the returned tokens only.
+                let logits = super::resize::upscale_low_res_logits(
+                    &low_res,
+                    mw,
+                    mh,
+                    self.spec.input_size,
+                    emb.resized_width as usize,
+                    emb.resized_height as usize,
+                    w,
+                    h,
+                );
                 outs.push(TokenOutput {
                     token: t,
                     score: raw.iou[b * tokens + t],
@@ -551,7 +560,6 @@ impl DecoderSession {
         &mut self,
         emb: &Embedding,
         prompts: &[DecoderPrompt],
-        want_masks: Option<()>,
     ) -> anyhow::Result<RawDecoderOutput> {
         let b = prompts.len();
         let n = prompts
@@ -603,10 +611,9 @@ impl DecoderSession {
         if has_orig_input {
             inputs.push(("orig_im_size".into(), t(vec![2], &orig)?));
         }
-        let full_res = want_masks.is_some() && self.spec.decoder_full_res;
         let outputs = self
             .session
-            .run(inputs)
+            .run_with_options(inputs, &self.low_res_only)
             .map_err(|e| anyhow!("decoder run: {e}"))?;
         let (iou_shape, iou) = outputs["iou_predictions"]
             .try_extract_tensor::<f32>()
@@ -619,28 +626,11 @@ impl DecoderSession {
         if lr.len() != 4 || lr[0] != b || lr[1] != tokens {
             bail!("low_res_masks has shape {lr:?}, expected [{b}, {tokens}, h, w]");
         }
-        let masks = if full_res {
-            let (m_shape, m) = outputs["masks"]
-                .try_extract_tensor::<f32>()
-                .map_err(|e| anyhow!("masks: {e}"))?;
-            let expect = [b as i64, tokens as i64, emb.height as i64, emb.width as i64];
-            if **m_shape != expect {
-                bail!(
-                    "masks has shape {:?}, expected {:?}",
-                    m_shape.to_vec(),
-                    expect
-                );
-            }
-            Some(m.to_vec())
-        } else {
-            None
-        };
         Ok(RawDecoderOutput {
             iou: iou.to_vec(),
             tokens,
             low_res: low_res.to_vec(),
             low_res_hw: [lr[2], lr[3]],
-            masks,
         })
     }
 }
@@ -659,5 +649,4 @@ struct RawDecoderOutput {
     tokens: usize,
     low_res: Vec<f32>,
     low_res_hw: [usize; 2],
-    masks: Option<Vec<f32>>,
 }

@@ -1,0 +1,123 @@
+"""Segment everything: samserve vs the reference Python generator, same weights, same machine.
+
+Starts target/release/samserve on a free loopback port, then times, on one 1024x768 image
+with the reference default parameters, end to end with the image encoder included:
+  - samserve: POST /v1/everything (image inline; the cached embedding is deleted first);
+  - reference: segment_anything.SamAutomaticMaskGenerator(...).generate(image) on the
+    default model's PyTorch checkpoint (torch using all cores).
+Prints a Markdown table and the speed-up; writes JSON with --out.
+
+Usage: tools/.venv/bin/python tools/amg_bench.py [--runs 3] [--out target/bench/everything.json]
+"""
+import argparse
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import torch
+from PIL import Image
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import samtiny  # noqa: E402
+from segment_anything import SamAutomaticMaskGenerator  # noqa: E402
+
+IMAGE = os.path.join(ROOT, "tests/fixtures/amg/images/large_1024x768.png")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def request(url, data=None, method=None, headers=None):
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=600) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--model", default=os.path.join(ROOT, "models/sam-tiny"))
+    ap.add_argument("--server-bin", default=os.path.join(ROOT, "target/release/samserve"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "target/bench/everything.json"))
+    ap.add_argument("--server-arg", action="append", default=[],
+                    help="extra samserve flag (repeatable), e.g. --server-arg=--decoder-threads=2")
+    args = ap.parse_args()
+
+    raw = open(IMAGE, "rb").read()
+    image = np.array(Image.open(IMAGE).convert("RGB"))
+
+    port = free_port()
+    server = subprocess.Popen(
+        [args.server_bin, "--port", str(port), "--model", args.model, "--request-timeout-ms", "0",
+         *args.server_arg],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if request(base + "/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        body = json.dumps({"image": base64.b64encode(raw).decode()}).encode()
+        server_times, server_masks = [], None
+        for i in range(args.runs + 1):
+            status, out = request(base + "/v1/images", data=raw,
+                                  headers={"content-type": "image/png"})
+            image_id = json.loads(out)["image_id"]
+            request(f"{base}/v1/images/{image_id}", method="DELETE")
+            t = time.perf_counter()
+            status, out = request(base + "/v1/everything", data=body,
+                                  headers={"content-type": "application/json"})
+            dt = time.perf_counter() - t
+            assert status == 200, out[:300]
+            server_masks = len(json.loads(out)["masks"])
+            if i > 0:  # the first run warms up
+                server_times.append(dt)
+    finally:
+        server.terminate()
+        server.wait()
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    sam = samtiny.load_sam(args.model).eval()
+    gen = SamAutomaticMaskGenerator(sam)
+    ref_times, ref_masks = [], None
+    with torch.inference_mode():
+        for i in range(args.runs + 1):
+            t = time.perf_counter()
+            ref_masks = len(gen.generate(image))
+            dt = time.perf_counter() - t
+            if i > 0:
+                ref_times.append(dt)
+
+    s, r = float(np.median(server_times)), float(np.median(ref_times))
+    result = {"image": "1024x768", "params": "reference defaults (32x32 points, batch 64)",
+              "runs": args.runs, "samserve_s": s, "reference_s": r, "speedup": r / s,
+              "samserve_masks": server_masks, "reference_masks": ref_masks}
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print("| segment everything, 1024x768, default params | median s | masks |")
+    print("|---|---:|---:|")
+    print(f"| samserve (HTTP, encoder included) | {s:.2f} | {server_masks} |")
+    print(f"| reference SamAutomaticMaskGenerator (PyTorch) | {r:.2f} | {ref_masks} |")
+    print(f"\nspeed-up: {r / s:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
