@@ -375,14 +375,9 @@ impl EncoderSession {
         }
     }
 
-    fn encode_stacked(&mut self, imgs: &[PreparedImage]) -> anyhow::Result<Vec<Embedding>> {
-        let mut shape = imgs[0].shape.clone();
-        shape[0] = imgs.len();
-        let mut data = Vec::with_capacity(imgs.iter().map(|i| i.tensor.len()).sum());
-        for i in imgs {
-            data.extend_from_slice(&i.tensor);
-        }
-        let input = TensorRef::from_array_view((shape, &data[..])).map_err(|e| anyhow!("{e}"))?;
+    /// Runs the encoder graph on one input tensor; returns the embedding's dims and values.
+    fn run(&mut self, shape: Vec<usize>, data: &[f32]) -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
+        let input = TensorRef::from_array_view((shape, data)).map_err(|e| anyhow!("{e}"))?;
         let outputs = self
             .session
             .run(vec![(
@@ -393,7 +388,14 @@ impl EncoderSession {
         let (shape, values) = outputs[self.spec.encoder_output_name.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(|e| anyhow!("encoder output: {e}"))?;
-        let dims: Vec<usize> = shape.iter().map(|d| *d as usize).collect();
+        Ok((shape.iter().map(|d| *d as usize).collect(), values.to_vec()))
+    }
+
+    fn encode_stacked(&mut self, imgs: &[PreparedImage]) -> anyhow::Result<Vec<Embedding>> {
+        let mut shape = imgs[0].shape.clone();
+        shape[0] = imgs.len();
+        let data: Vec<f32> = imgs.iter().flat_map(|i| i.tensor.iter().copied()).collect();
+        let (dims, values) = self.run(shape, &data)?;
         let [b, c, h, w] = dims[..] else {
             bail!("batched encoder output has shape {dims:?}");
         };
@@ -407,45 +409,32 @@ impl EncoderSession {
         Ok(imgs
             .iter()
             .enumerate()
-            .map(|(k, img)| Embedding {
-                data: values[k * per..(k + 1) * per].to_vec(),
-                shape: [1, c, h, w],
-                width: img.width,
-                height: img.height,
-                resized_width: img.resized_width,
-                resized_height: img.resized_height,
+            .map(|(k, img)| {
+                embedding_of(img, values[k * per..(k + 1) * per].to_vec(), [1, c, h, w])
             })
             .collect())
     }
 
     /// Runs the encoder on a prepared image.
     pub fn encode(&mut self, img: &PreparedImage) -> anyhow::Result<Embedding> {
-        let input = TensorRef::from_array_view((img.shape.clone(), &img.tensor[..]))
-            .map_err(|e| anyhow!("{e}"))?;
-        let outputs = self
-            .session
-            .run(vec![(
-                Cow::Borrowed(self.spec.encoder_input_name.as_str()),
-                SessionInputValue::from(input),
-            )])
-            .map_err(|e| anyhow!("encoder run: {e}"))?;
-        let (shape, data) = outputs[self.spec.encoder_output_name.as_str()]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| anyhow!("encoder output: {e}"))?;
-        let shape: Vec<usize> = shape.iter().map(|d| *d as usize).collect();
-        let shape: [usize; 4] = match shape.as_slice() {
+        let (dims, values) = self.run(img.shape.clone(), &img.tensor)?;
+        let shape: [usize; 4] = match dims.as_slice() {
             [1, c, h, w] => [1, *c, *h, *w],
             [c, h, w] => [1, *c, *h, *w],
             other => bail!("encoder output has shape {other:?}, expected [1, C, h, w]"),
         };
-        Ok(Embedding {
-            data: data.to_vec(),
-            shape,
-            width: img.width,
-            height: img.height,
-            resized_width: img.resized_width,
-            resized_height: img.resized_height,
-        })
+        Ok(embedding_of(img, values, shape))
+    }
+}
+
+fn embedding_of(img: &PreparedImage, data: Vec<f32>, shape: [usize; 4]) -> Embedding {
+    Embedding {
+        data,
+        shape,
+        width: img.width,
+        height: img.height,
+        resized_width: img.resized_width,
+        resized_height: img.resized_height,
     }
 }
 
