@@ -153,6 +153,17 @@ fn parse_request(body: &[u8], allow_image: bool) -> ApiResult<(EverythingRequest
     Ok((EverythingRequest { params, output }, image))
 }
 
+/// One NDJSON line: the value's JSON object with a `type` field added.
+fn ndjson_line(kind: &str, value: impl Serialize) -> Bytes {
+    let mut v = serde_json::to_value(value).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("type".into(), kind.into());
+    }
+    let mut s = v.to_string();
+    s.push('\n');
+    Bytes::from(s)
+}
+
 fn wants_ndjson(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
@@ -276,11 +287,6 @@ async fn run(
 
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
-        let line = |v: serde_json::Value| {
-            let mut s = v.to_string();
-            s.push('\n');
-            Bytes::from(s)
-        };
         let progress_tx = tx.clone();
         let cancel_tx = tx.clone();
         let cancelled = move || cancel_tx.is_closed();
@@ -290,12 +296,8 @@ async fn run(
                 &image_id,
                 request.params,
                 move |p: AmgProgress| {
-                    let mut v = serde_json::to_value(p).unwrap_or_default();
-                    if let Some(o) = v.as_object_mut() {
-                        o.insert("type".into(), "progress".into());
-                    }
                     // Progress lines are advisory: skip one rather than wait for the client.
-                    let _ = progress_tx.try_send(line(v));
+                    let _ = progress_tx.try_send(ndjson_line("progress", p));
                 },
                 &cancelled,
             )
@@ -310,19 +312,11 @@ async fn run(
                 for m in out.masks {
                     let rec = tokio::task::spawn_blocking(move || encode_record(m, output)).await;
                     let Ok(rec) = rec else { return };
-                    let mut v = serde_json::to_value(rec).unwrap_or_default();
-                    if let Some(o) = v.as_object_mut() {
-                        o.insert("type".into(), "mask".into());
-                    }
-                    if tx.send(line(v)).await.is_err() {
+                    if tx.send(ndjson_line("mask", rec)).await.is_err() {
                         return;
                     }
                 }
-                let mut v = summary;
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("type".into(), "summary".into());
-                }
-                let _ = tx.send(line(v)).await;
+                let _ = tx.send(ndjson_line("summary", summary)).await;
             }
             Err(e) => {
                 let (_, code) = e.kind().status_and_code();
@@ -332,11 +326,7 @@ async fn run(
                         message: e.public_message(),
                     },
                 };
-                let mut v = serde_json::to_value(body).unwrap_or_default();
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("type".into(), "error".into());
-                }
-                let _ = tx.send(line(v)).await;
+                let _ = tx.send(ndjson_line("error", body)).await;
             }
         }
     });
