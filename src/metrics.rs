@@ -88,7 +88,7 @@ impl Metrics {
                 .expect("unique metric");
             g
         };
-        let metrics = Metrics {
+        Metrics {
             http_requests_total: counter(
                 "samserve_http_requests_total",
                 "HTTP requests by route, method and status code.",
@@ -199,8 +199,7 @@ impl Metrics {
                 "Segment-everything runs in progress.",
             ),
             registry,
-        };
-        metrics
+        }
     }
 
     /// Handles for one worker queue.

@@ -72,9 +72,15 @@ async fn samexporter_style_encoder_matches_the_official_layout() {
     }
     // Each model has its own cache entry for the same bytes.
     assert_eq!(s.metric("samserve_encoder_runs_total", "").await, 2.0);
-    for p in 0..2 {
-        let a = answers[0]["results"][p]["masks"].as_array().unwrap();
-        let b = answers[1]["results"][p]["masks"].as_array().unwrap();
+    for (p, (ra, rb)) in answers[0]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(answers[1]["results"].as_array().unwrap())
+        .enumerate()
+    {
+        let a = ra["masks"].as_array().unwrap();
+        let b = rb["masks"].as_array().unwrap();
         assert_eq!(a.len(), b.len());
         for (ma, mb) in a.iter().zip(b) {
             let iou = common::rle_mask(ma).iou(&common::rle_mask(mb));

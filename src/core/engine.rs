@@ -123,7 +123,9 @@ fn decode_jobs(
 ) -> Vec<anyhow::Result<Vec<Vec<TokenOutput>>>> {
     let emb = jobs[0].0.clone();
     let sizes: Vec<usize> = jobs.iter().map(|j| j.1.len()).collect();
-    let mut groups: BTreeMap<usize, (Vec<(usize, usize)>, Vec<DecoderPrompt>)> = BTreeMap::new();
+    // Point count -> (positions (job, prompt) of the group's prompts, the prompts).
+    type Groups = BTreeMap<usize, (Vec<(usize, usize)>, Vec<DecoderPrompt>)>;
+    let mut groups: Groups = BTreeMap::new();
     for (ji, (_, prompts)) in jobs.into_iter().enumerate() {
         for (pi, p) in prompts.into_iter().enumerate() {
             let g = groups.entry(p.coords.len()).or_default();

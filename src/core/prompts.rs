@@ -57,6 +57,7 @@ pub struct PromptLimits {
 /// decoder's frame.
 ///
 /// `default_multimask` is the request-level override of the per-prompt default.
+#[allow(clippy::too_many_arguments)]
 pub fn prepare_prompts(
     prompts: &[Prompt],
     default_multimask: Option<bool>,

@@ -68,6 +68,7 @@ pub fn apply(
     }
 }
 
+#[allow(clippy::result_large_err)]
 #[cfg(feature = "cuda")]
 fn register_cuda(
     builder: SessionBuilder,
@@ -93,6 +94,8 @@ fn register_cuda(
     })
 }
 
+// The error hands the builder back so the caller can continue on CPU.
+#[allow(clippy::result_large_err)]
 #[cfg(not(feature = "cuda"))]
 fn register_cuda(
     builder: SessionBuilder,
