@@ -104,7 +104,7 @@ pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, ApiEr
     };
     img.apply_orientation(orientation);
     Ok(DecodedImage {
-        rgb: img.into_rgb8(),
+        rgb: to_rgb8_like_pil(img),
         format: name,
     })
 }
@@ -158,6 +158,36 @@ fn decode_jpeg_like_pil(bytes: &[u8]) -> Result<RgbImage, String> {
         }
     };
     RgbImage::from_raw(w as u32, h as u32, rgb).ok_or_else(|| "short pixel buffer".into())
+}
+
+/// 8-bit RGB as PIL's `convert("RGB")` makes it: 16-bit colour keeps the high byte (PIL opens
+/// such PNGs as 8-bit), 16-bit grayscale ("I;16") is clipped at 255, alpha is dropped.
+fn to_rgb8_like_pil(img: image::DynamicImage) -> RgbImage {
+    use image::DynamicImage as D;
+    let (w, h) = (img.width(), img.height());
+    let from = |px: Vec<u8>| RgbImage::from_raw(w, h, px).expect("size matches");
+    match img {
+        D::ImageRgb16(i) => from(i.into_raw().iter().map(|v| (v >> 8) as u8).collect()),
+        D::ImageRgba16(i) => from(
+            i.into_raw()
+                .chunks_exact(4)
+                .flat_map(|p| [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8])
+                .collect(),
+        ),
+        D::ImageLumaA16(i) => from(
+            i.into_raw()
+                .chunks_exact(2)
+                .flat_map(|p| [(p[0] >> 8) as u8; 3])
+                .collect(),
+        ),
+        D::ImageLuma16(i) => from(
+            i.into_raw()
+                .iter()
+                .flat_map(|v| [(*v).min(255) as u8; 3])
+                .collect(),
+        ),
+        other => other.into_rgb8(),
+    }
 }
 
 /// The size after resizing the long side to `target`, with the reference rounding
@@ -234,6 +264,22 @@ pub fn prepare(rgb: &RgbImage, spec: &ModelSpec) -> PreparedImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sixteen_bit_conversion_follows_pil() {
+        let rgb16 = image::ImageBuffer::<image::Rgb<u16>, _>::from_raw(
+            1,
+            1,
+            vec![0xff80u16, 0x0100, 0x00ff],
+        )
+        .unwrap();
+        let out = to_rgb8_like_pil(image::DynamicImage::ImageRgb16(rgb16));
+        assert_eq!(out.as_raw(), &[0xff, 0x01, 0x00]);
+        let gray =
+            image::ImageBuffer::<image::Luma<u16>, _>::from_raw(2, 1, vec![300u16, 7]).unwrap();
+        let out = to_rgb8_like_pil(image::DynamicImage::ImageLuma16(gray));
+        assert_eq!(out.as_raw(), &[255, 255, 255, 7, 7, 7]);
+    }
 
     #[test]
     fn resized_size_matches_reference_rounding() {
