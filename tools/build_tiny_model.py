@@ -49,12 +49,11 @@ from samtiny import (  # noqa: E402
     PIXEL_MEAN,
     PIXEL_STD,
     TINY_ARCH,
-    EncoderHWC,
-    EncoderNCHW,
     PromptDecoder,
     build_sam,
-    export,
-    fix_output_shapes,
+    export_decoder,
+    export_encoder_hwc,
+    export_encoder_nchw,
     synth_scene,
 )
 from segment_anything.utils.transforms import ResizeLongestSide  # noqa: E402
@@ -374,8 +373,9 @@ def verify(sam, out_dir, hwc_dir, log=print):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=os.path.join(REPO, "models", "sam-tiny"))
-    ap.add_argument("--hwc-out", default=os.path.join(REPO, "tests", "fixtures", "models", "sam-tiny-hwc"))
+    # The trained default model lives in models/sam-tiny; this old test model goes elsewhere.
+    ap.add_argument("--out", default=os.path.join(REPO, "target", "sam-tiny-random"))
+    ap.add_argument("--hwc-out", default=os.path.join(REPO, "target", "sam-tiny-random-hwc"))
     ap.add_argument("--fit-steps", type=int, default=800)
     ap.add_argument("--skip-fit", action="store_true", help="reuse checkpoint.pth in --out")
     args = ap.parse_args(argv)
@@ -399,59 +399,10 @@ def main(argv=None):
     C = TINY_ARCH["prompt_embed_dim"]
     g = L // TINY_ARCH["patch_size"]
 
-    print("exporting encoder.onnx")
-    export(
-        EncoderNCHW(sam).eval(),
-        (torch.zeros(1, 3, L, L),),
-        os.path.join(args.out, "encoder.onnx"),
-        ["image"],
-        ["image_embeddings"],
-        None,
-    )
-    fix_output_shapes(os.path.join(args.out, "encoder.onnx"), {"image_embeddings": [1, C, g, g]})
-    print("exporting decoder.onnx")
-    B = 2
-    export(
-        PromptDecoder(sam).eval(),
-        (
-            torch.randn(1, C, g, g),
-            torch.rand(B, 3, 2) * L,
-            torch.tensor([[1.0, 0.0, -1.0], [2.0, 3.0, -1.0]]),
-            torch.zeros(B, 1, 4 * g, 4 * g),
-            torch.zeros(B),
-            torch.tensor([480.0, 640.0]),
-        ),
-        os.path.join(args.out, "decoder.onnx"),
-        ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"],
-        ["masks", "iou_predictions", "low_res_masks"],
-        {
-            "point_coords": {0: "batch", 1: "num_points"},
-            "point_labels": {0: "batch", 1: "num_points"},
-            "mask_input": {0: "batch"},
-            "has_mask_input": {0: "batch"},
-            "masks": {0: "batch", 2: "height", 3: "width"},
-            "iou_predictions": {0: "batch"},
-            "low_res_masks": {0: "batch"},
-        },
-    )
-    fix_output_shapes(
-        os.path.join(args.out, "decoder.onnx"),
-        {
-            "masks": ["batch", 4, "height", "width"],
-            "iou_predictions": ["batch", 4],
-            "low_res_masks": ["batch", 4, 4 * g, 4 * g],
-        },
-    )
-    print("exporting samexporter-style HWC encoder")
-    export(
-        EncoderHWC(sam).eval(),
-        (torch.rand(384, L, 3) * 255,),
-        os.path.join(args.hwc_out, "encoder.onnx"),
-        ["input_image"],
-        ["image_embeddings"],
-        {"input_image": {0: "height", 1: "width"}},
-    )
-    fix_output_shapes(os.path.join(args.hwc_out, "encoder.onnx"), {"image_embeddings": [1, C, g, g]})
+    print("exporting encoder.onnx, decoder.onnx and the samexporter-style HWC encoder")
+    export_encoder_nchw(sam, os.path.join(args.out, "encoder.onnx"))
+    export_decoder(sam, os.path.join(args.out, "decoder.onnx"))
+    export_encoder_hwc(sam, os.path.join(args.hwc_out, "encoder.onnx"))
 
     manifest = {
         "name": "sam-tiny",
@@ -479,7 +430,7 @@ def main(argv=None):
         "name": "sam-tiny-hwc",
         "family": "sam",
         "encoder": "encoder.onnx",
-        "decoder": "../../../../models/sam-tiny/decoder.onnx",
+        "decoder": os.path.relpath(os.path.join(args.out, "decoder.onnx"), args.hwc_out),
         "input_size": L,
         "pixel_mean": PIXEL_MEAN,
         "pixel_std": PIXEL_STD,
