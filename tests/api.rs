@@ -26,27 +26,11 @@ async fn system_endpoints_answer() {
         let ct = r.headers()["content-type"].to_str().unwrap().to_string();
         assert!(ct.starts_with(ctype), "{path}: {ct}");
     }
-    let models: serde_json::Value = s
-        .client
-        .get(s.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models = s.get_json("/v1/models").await;
     let m = &models["models"][0];
     assert_eq!(m["default"], true);
     assert!(m["embedding_shape"][1].as_u64().unwrap() > 0);
-    let ready: serde_json::Value = s
-        .client
-        .get(s.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = s.get_json("/readyz").await;
     assert_eq!(ready["status"], "ready");
     // Unknown route and wrong method get JSON errors too.
     let r = s.client.get(s.url("/nope")).send().await.unwrap();

@@ -15,15 +15,7 @@ async fn samexporter_style_encoder_matches_the_official_layout() {
         common::repo().join("tests/fixtures/models/sam-tiny-hwc"),
     ];
     let s = TestServer::start(cfg).await;
-    let models: serde_json::Value = s
-        .client
-        .get(s.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models = s.get_json("/v1/models").await;
     let layouts: Vec<(String, String)> = models["models"]
         .as_array()
         .unwrap()

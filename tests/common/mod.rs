@@ -62,6 +62,18 @@ impl TestServer {
         format!("{}{}", self.base, path)
     }
 
+    /// GETs a path and parses the JSON body (any status).
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Uploads raw image bytes and returns the JSON answer.
     pub async fn upload(&self, bytes: &[u8]) -> serde_json::Value {
         let r = self
