@@ -60,8 +60,6 @@ pub struct ModelSpec {
     pub encoder_batched: bool,
     /// Whether the decoder accepts a batch of prompts per call (axis 0 dynamic).
     pub decoder_batched: bool,
-    /// Whether the decoder upsamples masks to the original size itself (`orig_im_size`).
-    pub decoder_full_res: bool,
     /// Number of mask tokens the decoder outputs (4 for SAM).
     pub mask_tokens: usize,
 }
@@ -270,7 +268,6 @@ pub fn load_model(
         .find(|o| o.name() == "point_coords")
         .expect("checked above");
     let decoder_batched = shape_of(coords_in).first().copied() == Some(-1);
-    let decoder_full_res = names.contains(&"orig_im_size") && out_names.contains(&"masks");
 
     let mut spec = ModelSpec {
         name: m.name.clone(),
@@ -289,7 +286,6 @@ pub fn load_model(
         encoder_batched: encoder_input == EncoderInput::NchwNormalized
             && in_shape.first().copied() == Some(-1),
         decoder_batched,
-        decoder_full_res,
         mask_tokens: 0,
     };
 
