@@ -149,6 +149,11 @@ fn ort_env(explicit: Option<&Path>) -> anyhow::Result<&'static Environment> {
 }
 
 fn session(env: &Environment, file: &Path, threads: usize) -> anyhow::Result<Session> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    session_from(env, &bytes, threads).map_err(|e| anyhow!("loading {}: {e}", file.display()))
+}
+
+fn session_from(env: &Environment, bytes: &[u8], threads: usize) -> anyhow::Result<Session> {
     let mut b = Session::builder(env)
         .map_err(|e| anyhow!("{e}"))?
         .with_optimization_level(GraphOptimizationLevel::Level3)
@@ -156,8 +161,7 @@ fn session(env: &Environment, file: &Path, threads: usize) -> anyhow::Result<Ses
     if threads > 0 {
         b = b.with_intra_threads(threads).map_err(|e| anyhow!("{e}"))?;
     }
-    b.commit_from_file(file)
-        .map_err(|e| anyhow!("loading {}: {e}", file.display()))
+    b.commit_from_memory(bytes).map_err(|e| anyhow!("{e}"))
 }
 
 fn shape(s: &Session, name: &str) -> Option<Vec<i64>> {
@@ -263,8 +267,14 @@ pub fn run(a: &BaselineArgs) -> anyhow::Result<BaselineReport> {
     let emb_dims: Vec<usize> = emb_shape.iter().map(|&d| d as usize).collect();
 
     let sessions = a.sessions.max(1);
+    // The same graph the server runs: ONNX Runtime computes every node whatever is
+    // fetched, and both sides read only the IoU and low-res outputs.
+    let decoder_file = dir.join(&m.decoder);
+    let decoder_bytes = std::fs::read(&decoder_file)
+        .with_context(|| format!("reading {}", decoder_file.display()))?;
+    let decoder_bytes = samserve::runtime::model::decoder_graph(m.name.as_deref().unwrap_or("model"), &decoder_bytes);
     let mut decoders = (0..sessions)
-        .map(|_| session(env, &dir.join(&m.decoder), a.threads))
+        .map(|_| session_from(env, &decoder_bytes, a.threads))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let d0 = &decoders[0];
     let batched = shape(d0, "point_coords").and_then(|s| s.first().copied()) == Some(-1);

@@ -3,6 +3,7 @@
 pub mod device;
 pub mod manifest;
 pub mod model;
+pub mod onnx_prune;
 pub mod ort_env;
 pub mod preprocess;
 pub mod resize;

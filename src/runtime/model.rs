@@ -176,6 +176,31 @@ const DECODER_INPUTS: [&str; 5] = [
     "has_mask_input",
 ];
 
+/// The outputs of the decoder the server reads.
+pub const DECODER_OUTPUTS: [&str; 2] = ["iou_predictions", "low_res_masks"];
+
+/// The decoder graph to run: the file without the nodes that only feed outputs the server
+/// never reads (see [`super::onnx_prune`]), or the file itself when nothing can be pruned.
+pub fn decoder_graph<'a>(model: &str, bytes: &'a [u8]) -> Cow<'a, [u8]> {
+    match super::onnx_prune::prune_to_outputs(bytes, &DECODER_OUTPUTS) {
+        Ok(Some(p)) => {
+            tracing::info!(
+                model,
+                "decoder: skipping {} of {} graph nodes that only compute outputs the server does not read",
+                p.nodes.0 - p.nodes.1,
+                p.nodes.0
+            );
+            Cow::Owned(p.bytes)
+        }
+        Ok(None) => Cow::Borrowed(bytes),
+        Err(e) => {
+            // The signature check below reports what is wrong in terms users understand.
+            tracing::debug!(model, "decoder graph not pruned: {e:#}");
+            Cow::Borrowed(bytes)
+        }
+    }
+}
+
 /// The ONNX sessions of one model and what was learned about them.
 pub struct ModelSessions {
     /// The inferred spec.
@@ -233,9 +258,10 @@ pub fn load_model(
     let encoder_output_name = enc_out.name().to_string();
     let encoder_input_name = enc_in.name().to_string();
 
+    let decoder_bytes = decoder_graph(&m.name, &files.decoder);
     let (decoder, _) = build_session(
         env,
-        &files.decoder,
+        &decoder_bytes,
         opts.decoder_threads,
         Device::Cpu,
         false,
@@ -327,7 +353,7 @@ pub fn load_model(
         decoders.push(DecoderSession {
             session: build_session(
                 env,
-                &files.decoder,
+                &decoder_bytes,
                 opts.decoder_threads,
                 Device::Cpu,
                 false,
