@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::runtime::device::Device;
 use crate::runtime::manifest::ModelFiles;
 use crate::runtime::model::{
+    MaskGeometry, MASK_THRESHOLD,
     load_model, DecoderPrompt, DecoderSession, Embedding, EncoderSession, ModelSpec,
     SessionOptions, TokenOutput,
 };
@@ -574,6 +575,7 @@ impl Engine {
         let store = self.mask_store.clone();
         let model_name = handle.name.clone();
         let (w, h) = (emb.width, emb.height);
+        let geometry = MaskGeometry::new(&handle.spec, &emb);
         let masks = tokio::task::spawn_blocking(move || {
             outputs
                 .into_iter()
@@ -581,7 +583,11 @@ impl Engine {
                     let mut masks: Vec<MaskResult> = tokens
                         .into_iter()
                         .map(|t| {
-                            let bin = BinaryMask::from_logits(&t.logits, w, h, 0.0);
+                            let bin = BinaryMask::from_binary(
+                                w,
+                                h,
+                                geometry.upscale_mask(&t.low_res, MASK_THRESHOLD),
+                            );
                             let logits_handle = opts
                                 .return_logits
                                 .then(|| store.insert(&model_name, &image_id, t.low_res));

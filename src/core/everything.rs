@@ -7,11 +7,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::OnceCell;
 
-use super::amg::{generate, AmgBackend, AmgOutput, AmgParams, AmgProgress};
+use super::amg::{generate, AmgBackend, AmgOutput, AmgParams, AmgProgress, Upscaler};
 use super::cache::ImageKey;
 use super::engine::{Engine, ModelHandle};
 use crate::error::{ApiError, ApiResult};
-use crate::runtime::model::{DecoderPrompt, Embedding, TokenOutput};
+use crate::runtime::model::{DecoderPrompt, Embedding, MaskGeometry, TokenOutput};
 use crate::runtime::preprocess::{decode_image, prepare};
 
 /// The engine as a backend of the generator, for one image and model.
@@ -86,6 +86,11 @@ impl AmgBackend for EngineBackend<'_> {
             })
             .await?;
         Ok(lookup.embedding)
+    }
+
+    fn upscaler(&self, crop: &Arc<Embedding>) -> Upscaler {
+        let geometry = MaskGeometry::new(&self.handle.spec, crop);
+        Arc::new(move |low_res: &[f32]| geometry.upscale(low_res))
     }
 
     async fn decode_points(

@@ -108,10 +108,72 @@ pub struct TokenOutput {
     pub token: usize,
     /// Predicted IoU.
     pub score: f32,
-    /// Logits at the original image size, row-major `height x width`.
-    pub logits: Vec<f32>,
-    /// Low-resolution logits `low_res_size`, for refinement.
+    /// Low-resolution logits (`low_res_size`, row-major). [`MaskGeometry`] maps them to the
+    /// image; they are also the refinement input of a later call.
     pub low_res: Vec<f32>,
+}
+
+/// SAM's `mask_threshold`: a pixel is foreground where its upscaled logit is above it.
+pub const MASK_THRESHOLD: f32 = 0.0;
+
+/// How one embedding's low-resolution decoder logits map back to its image: SAM's
+/// `postprocess_masks`. Upscaling is left to the caller so that the decoder threads only run
+/// the model, and so that masks a caller filters out by score are never upscaled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaskGeometry {
+    low_res_width: usize,
+    low_res_height: usize,
+    input_size: usize,
+    resized_width: usize,
+    resized_height: usize,
+    /// Image width.
+    pub width: usize,
+    /// Image height.
+    pub height: usize,
+}
+
+impl MaskGeometry {
+    /// The geometry of masks decoded by `spec`'s model from `emb`.
+    pub fn new(spec: &ModelSpec, emb: &Embedding) -> Self {
+        Self {
+            low_res_width: spec.low_res_size[1],
+            low_res_height: spec.low_res_size[0],
+            input_size: spec.input_size,
+            resized_width: emb.resized_width as usize,
+            resized_height: emb.resized_height as usize,
+            width: emb.width as usize,
+            height: emb.height as usize,
+        }
+    }
+
+    /// Logits at the image size, row-major `height x width`.
+    pub fn upscale(&self, low_res: &[f32]) -> Vec<f32> {
+        super::resize::upscale_low_res_logits(
+            low_res,
+            self.low_res_width,
+            self.low_res_height,
+            self.input_size,
+            self.resized_width,
+            self.resized_height,
+            self.width,
+            self.height,
+        )
+    }
+
+    /// The mask at the image size: 1 where the upscaled logit is above `threshold`.
+    pub fn upscale_mask(&self, low_res: &[f32], threshold: f32) -> Vec<u8> {
+        super::resize::upscale_low_res_mask(
+            low_res,
+            self.low_res_width,
+            self.low_res_height,
+            self.input_size,
+            self.resized_width,
+            self.resized_height,
+            self.width,
+            self.height,
+            threshold,
+        )
+    }
 }
 
 fn build_session(
@@ -511,10 +573,7 @@ impl DecoderSession {
             return Ok(Vec::new());
         }
         let max_batch = if self.spec.decoder_batched {
-            // Keep each call's full-resolution output (B x tokens x H x W floats) bounded.
-            let per_prompt =
-                self.spec.mask_tokens.max(1) * (emb.width as usize) * (emb.height as usize);
-            max_batch.min(MAX_OUTPUT_FLOATS / per_prompt.max(1)).max(1)
+            max_batch.max(1)
         } else {
             1
         };
@@ -533,7 +592,12 @@ impl DecoderSession {
     ) -> anyhow::Result<Vec<Vec<TokenOutput>>> {
         let raw = self.run_raw(emb, prompts)?;
         let [mh, mw] = raw.low_res_hw;
-        let (h, w) = (emb.height as usize, emb.width as usize);
+        if self.spec.low_res_size[0] > 0 && raw.low_res_hw != self.spec.low_res_size {
+            bail!(
+                "decoder returned {mh}x{mw} low-res masks, {:?} at warm-up",
+                self.spec.low_res_size
+            );
+        }
         let tokens = raw.tokens;
         let mut results = Vec::with_capacity(prompts.len());
         for (b, p) in prompts.iter().enumerate() {
@@ -543,23 +607,10 @@ impl DecoderSession {
                     bail!("mask token {t} requested but the decoder has {tokens}");
                 }
                 let lo = (b * tokens + t) * mh * mw;
-                let low_res = raw.low_res[lo..lo + mh * mw].to_vec();
-                // SAM's postprocess_masks, for the returned tokens only.
-                let logits = super::resize::upscale_low_res_logits(
-                    &low_res,
-                    mw,
-                    mh,
-                    self.spec.input_size,
-                    emb.resized_width as usize,
-                    emb.resized_height as usize,
-                    w,
-                    h,
-                );
                 outs.push(TokenOutput {
                     token: t,
                     score: raw.iou[b * tokens + t],
-                    logits,
-                    low_res,
+                    low_res: raw.low_res[lo..lo + mh * mw].to_vec(),
                 });
             }
             results.push(outs);
@@ -651,9 +702,6 @@ fn tensor_input(shape: Vec<usize>, data: &[f32]) -> anyhow::Result<SessionInputV
         .map(SessionInputValue::from)
         .map_err(|e| anyhow!("{e}"))
 }
-
-/// Upper bound on floats in one decoder call's full-resolution output (256 MiB).
-const MAX_OUTPUT_FLOATS: usize = 64 * 1024 * 1024;
 
 struct RawDecoderOutput {
     iou: Vec<f32>,

@@ -380,12 +380,37 @@ fn interpolate_window(
     crop_width: usize,
     crop_height: usize,
 ) -> Vec<f32> {
+    interpolate_window_map(
+        src,
+        width,
+        height,
+        out_width,
+        out_height,
+        crop_width,
+        crop_height,
+        |v| v,
+    )
+}
+
+/// [`interpolate_window`] with `map` applied to every output sample as it is computed, so
+/// that a thresholded mask never materializes the float plane.
+#[allow(clippy::too_many_arguments)]
+fn interpolate_window_map<T: Copy + Default>(
+    src: &[f32],
+    width: usize,
+    height: usize,
+    out_width: usize,
+    out_height: usize,
+    crop_width: usize,
+    crop_height: usize,
+    map: impl Fn(f32) -> T,
+) -> Vec<T> {
     debug_assert!(crop_width <= out_width && crop_height <= out_height);
     if crop_width == 0 || crop_height == 0 {
         return Vec::new();
     }
     if width == 0 || height == 0 {
-        return vec![0.0; crop_width * crop_height];
+        return vec![map(0.0); crop_width * crop_height];
     }
     let xs = linear_axis(width, out_width, crop_width);
     let ys = linear_axis(height, out_height, crop_height);
@@ -402,13 +427,13 @@ fn interpolate_window(
         }
     }
 
-    let mut out = vec![0f32; crop_width * crop_height];
+    let mut out = vec![T::default(); crop_width * crop_height];
     for (y, out_row) in out.chunks_exact_mut(crop_width).enumerate() {
         let a = &temp[(ys.i0[y] - row_first) * crop_width..][..crop_width];
         let b = &temp[(ys.i1[y] - row_first) * crop_width..][..crop_width];
         let (w0, w1) = (ys.w0[y], ys.w1[y]);
         for ((o, &va), &vb) in out_row.iter_mut().zip(a).zip(b) {
-            *o = w0 * va + w1 * vb;
+            *o = map(w0 * va + w1 * vb);
         }
     }
     out
@@ -481,6 +506,49 @@ pub fn upscale_low_res_logits(
     );
     interpolate_window(
         &cropped, resized_w, resized_h, orig_w, orig_h, orig_w, orig_h,
+    )
+}
+
+/// [`upscale_low_res_logits`] followed by `logit > threshold`, without materializing the
+/// full-resolution logits: 1 for foreground, 0 for background (NaN is background). Equal to
+/// thresholding the output of [`upscale_low_res_logits`] sample by sample.
+///
+/// # Panics
+///
+/// As [`upscale_low_res_logits`].
+#[allow(clippy::too_many_arguments)]
+pub fn upscale_low_res_mask(
+    low_res: &[f32],
+    lw: usize,
+    lh: usize,
+    input_size: usize,
+    resized_w: usize,
+    resized_h: usize,
+    orig_w: usize,
+    orig_h: usize,
+    threshold: f32,
+) -> Vec<u8> {
+    assert_eq!(
+        low_res.len(),
+        lw * lh,
+        "logit plane length does not match {lw}x{lh}"
+    );
+    assert!(
+        resized_w <= input_size && resized_h <= input_size,
+        "resized size {resized_w}x{resized_h} exceeds input size {input_size}"
+    );
+    let cropped = interpolate_window(
+        low_res, lw, lh, input_size, input_size, resized_w, resized_h,
+    );
+    interpolate_window_map(
+        &cropped,
+        resized_w,
+        resized_h,
+        orig_w,
+        orig_h,
+        orig_w,
+        orig_h,
+        |v| (v > threshold) as u8,
     )
 }
 
@@ -659,5 +727,16 @@ mod tests {
         let expected = interpolate_bilinear_f32(&cropped, 64, 40, 100, 62);
         let got = upscale_low_res_logits(&low, 16, 16, 64, 64, 40, 100, 62);
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn thresholded_upscale_equals_thresholding_the_logits() {
+        let mut low: Vec<f32> = (0..16 * 16).map(|v| ((v * 7) % 23) as f32 - 11.0).collect();
+        low[5] = f32::NAN;
+        let logits = upscale_low_res_logits(&low, 16, 16, 64, 64, 40, 100, 62);
+        let mask = upscale_low_res_mask(&low, 16, 16, 64, 64, 40, 100, 62, 0.0);
+        let expected: Vec<u8> = logits.iter().map(|&v| (v > 0.0) as u8).collect();
+        assert_eq!(mask, expected);
+        assert!(mask.contains(&0) && mask.contains(&1));
     }
 }

@@ -1,6 +1,9 @@
 //! The automatic mask generation pipeline, in the reference's order of operations.
 
 use std::future::Future;
+use std::sync::Arc;
+
+use futures::future::{Either, FutureExt};
 
 use serde::Serialize;
 
@@ -17,8 +20,7 @@ use crate::core::masks::BinaryMask;
 use crate::error::ApiError;
 use crate::runtime::model::TokenOutput;
 
-/// SAM's `mask_threshold`: logits above it are foreground.
-const MASK_THRESHOLD: f32 = 0.0;
+use crate::runtime::model::MASK_THRESHOLD;
 /// Distance in pixels within which a box "touches" an inner crop edge.
 const CROP_EDGE_ATOL: f32 = 20.0;
 
@@ -36,14 +38,20 @@ pub trait AmgBackend {
     ) -> impl Future<Output = Result<Self::Crop, ApiError>> + Send;
 
     /// Decode a batch of single foreground points (crop pixel coordinates, `[x, y]`) with
-    /// multimask output (tokens 1..=3) at the crop's size; returns, per point, its
-    /// `TokenOutput`s in token order, with logits of `crop width × crop height`.
+    /// multimask output (tokens 1..=3); returns, per point, its `TokenOutput`s in token order.
     fn decode_points(
         &self,
         crop: &Self::Crop,
         points: &[[f64; 2]],
     ) -> impl Future<Output = Result<Vec<Vec<TokenOutput>>, ApiError>> + Send;
+
+    /// How a token's `low_res` logits become logits of `crop width × crop height`. Called
+    /// only for masks whose predicted IoU passes, off the async workers.
+    fn upscaler(&self, crop: &Self::Crop) -> Upscaler;
 }
+
+/// Maps low-resolution logits to logits at a crop's size (see [`AmgBackend::upscaler`]).
+pub type Upscaler = Arc<dyn Fn(&[f32]) -> Vec<f32> + Send + Sync>;
 
 /// One generated mask, the reference's output record.
 #[derive(Debug, Clone, PartialEq)]
@@ -361,7 +369,10 @@ where
         stability_score_offset: settings.stability_score_offset,
     };
 
+    let upscale = backend.upscaler(&encoded);
     let mut data = Vec::new();
+    // Filtering (upscaling included) of one batch overlaps the decoding of the next.
+    let mut pending = None;
     for batch in points.chunks(settings.points_per_batch) {
         let outputs = backend.decode_points(&encoded, batch).await?;
         if outputs.len() != batch.len() {
@@ -372,9 +383,17 @@ where
             )));
         }
         let batch_points = batch.to_vec();
-        let kept = cpu(move || filter_batch(&filter, &batch_points, outputs)).await??;
-        data.extend(kept);
-        progress.points_done += batch.len();
+        let upscale = upscale.clone();
+        let filtering = spawn_cpu(move || filter_batch(&filter, &batch_points, outputs, &*upscale));
+        if let Some((n, previous)) = pending.replace((batch.len(), filtering)) {
+            data.extend(previous.await??);
+            progress.points_done += n;
+            on_progress(*progress);
+        }
+    }
+    if let Some((n, last)) = pending {
+        data.extend(last.await??);
+        progress.points_done += n;
         on_progress(*progress);
     }
     drop(encoded);
@@ -402,6 +421,7 @@ fn filter_batch(
     f: &BatchFilter,
     points: &[[f64; 2]],
     outputs: Vec<Vec<TokenOutput>>,
+    upscale: &(dyn Fn(&[f32]) -> Vec<f32> + Send + Sync),
 ) -> Result<Vec<Candidate>, ApiError> {
     let plane = f.crop_w * f.crop_h;
     let orig_box = [0, 0, f.image[0], f.image[1]];
@@ -412,26 +432,27 @@ fn filter_batch(
     for (point, tokens) in points.iter().zip(outputs) {
         // Consuming the outputs frees each logit plane as soon as it is filtered.
         for t in tokens {
-            if t.logits.len() != plane {
-                return Err(ApiError::Internal(format!(
-                    "decoder returned {} logits for a {}x{} crop",
-                    t.logits.len(),
-                    f.crop_w,
-                    f.crop_h
-                )));
-            }
             // Written as "passes" so that NaN fails, as in the reference.
             let iou_passes = t.score > iou_thresh;
             if f.pred_iou_thresh > 0.0 && !iou_passes {
                 continue;
             }
+            let logits = upscale(&t.low_res);
+            if logits.len() != plane {
+                return Err(ApiError::Internal(format!(
+                    "decoder returned {} logits for a {}x{} crop",
+                    logits.len(),
+                    f.crop_w,
+                    f.crop_h
+                )));
+            }
             let stability =
-                stability_score(&t.logits, MASK_THRESHOLD as f64, f.stability_score_offset);
+                stability_score(&logits, MASK_THRESHOLD as f64, f.stability_score_offset);
             let stability_passes = stability >= stab_thresh;
             if f.stability_score_thresh > 0.0 && !stability_passes {
                 continue;
             }
-            let fg = |i: usize| t.logits[i] > MASK_THRESHOLD;
+            let fg = |i: usize| logits[i] > MASK_THRESHOLD;
             let bbox = box_of(f.crop_w, f.crop_h, fg);
             let bbox_or_zero = bbox.unwrap_or([0; 4]);
             if is_box_near_crop_edge(bbox_or_zero, f.crop, orig_box, CROP_EDGE_ATOL) {
@@ -533,6 +554,21 @@ fn select(data: Vec<Candidate>, keep: &[usize]) -> Vec<Candidate> {
 
 fn box_f32(b: [u32; 4]) -> [f32; 4] {
     b.map(|v| v as f32)
+}
+
+/// Starts CPU-bound work on tokio's blocking pool at once (inline outside a runtime); the
+/// returned future gives its result.
+fn spawn_cpu<T, F>(f: F) -> impl Future<Output = Result<T, ApiError>> + Send
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => Either::Left(rt.spawn_blocking(f).map(|r| {
+            r.map_err(|e| ApiError::Internal(format!("mask generation task failed: {e}")))
+        })),
+        Err(_) => Either::Right(std::future::ready(Ok(f()))),
+    }
 }
 
 /// Runs CPU-bound work off the async workers when inside a tokio runtime.

@@ -33,7 +33,7 @@ mod tests;
 pub use compact::CompactMask;
 pub use generator::{
     generate, generate_records, AmgBackend, AmgMask, AmgOutput, AmgProgress, AmgRecord, AmgRecords,
-    AmgSummary,
+    AmgSummary, Upscaler,
 };
 pub use grid::{
     box_xyxy_to_xywh, build_all_layer_point_grids, build_point_grid, generate_crop_boxes,

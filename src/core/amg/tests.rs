@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -331,8 +332,7 @@ impl FakeBackend {
             .map(|(k, logits)| TokenOutput {
                 token: k + 1,
                 score: (0.70 + 0.01 * ((base + 7 * k as i64) % 29) as f64) as f32,
-                logits,
-                low_res: Vec::new(),
+                low_res: logits,
             })
             .collect()
     }
@@ -357,6 +357,11 @@ impl AmgBackend for FakeBackend {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let out = points.iter().map(|&p| self.outputs(*crop, p)).collect();
         std::future::ready(Ok(out))
+    }
+
+    /// The fake decoder answers at full resolution already.
+    fn upscaler(&self, _: &Self::Crop) -> Upscaler {
+        Arc::new(|logits: &[f32]| logits.to_vec())
     }
 }
 
@@ -605,12 +610,15 @@ impl AmgBackend for BrokenBackend {
                 vec![TokenOutput {
                     token: 1,
                     score: 1.0,
-                    logits: vec![1.0; 3],
-                    low_res: Vec::new(),
+                    low_res: vec![1.0; 3],
                 }]
             })
             .collect();
         std::future::ready(Ok(out))
+    }
+
+    fn upscaler(&self, _: &()) -> Upscaler {
+        Arc::new(|logits: &[f32]| logits.to_vec())
     }
 }
 

@@ -60,6 +60,26 @@ impl BinaryMask {
         })
     }
 
+    /// Wraps row-major pixel data that is already 0 or 1 (as from
+    /// [`crate::runtime::model::MaskGeometry::upscale_mask`]).
+    ///
+    /// # Panics
+    ///
+    /// Panics if `data.len() != width * height`.
+    pub fn from_binary(width: u32, height: u32, data: Vec<u8>) -> Self {
+        assert_eq!(
+            data.len(),
+            width as usize * height as usize,
+            "mask length does not match {width}x{height}"
+        );
+        debug_assert!(data.iter().all(|&v| v <= 1));
+        Self {
+            width,
+            height,
+            data,
+        }
+    }
+
     /// Thresholds a row-major plane of logits: a pixel is foreground when its logit is strictly
     /// greater than `threshold` (SAM uses 0.0). NaN logits become background.
     ///
