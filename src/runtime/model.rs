@@ -398,6 +398,7 @@ pub fn load_model(
         session: decoder,
         spec: Arc::new(spec.clone()),
         low_res_only: low_res_only()?,
+        shared_empty_mask: false,
     };
     let (low_res, tokens) = decoder
         .probe(&emb)
@@ -410,6 +411,8 @@ pub fn load_model(
     let spec = Arc::new(spec);
     encoder.spec = spec.clone();
     decoder.spec = spec.clone();
+    let shared_mask = decoder.probe_shared_empty_mask(&emb);
+    tracing::debug!(model = %m.name, shared_mask, "decoder: one empty mask_input row per batch");
     let mut decoders = vec![decoder];
     for _ in 1..opts.decoder_workers.max(1) {
         decoders.push(DecoderSession {
@@ -423,6 +426,7 @@ pub fn load_model(
             .0,
             spec: spec.clone(),
             low_res_only: low_res_only()?,
+            shared_empty_mask: shared_mask,
         });
     }
     Ok(ModelSessions {
@@ -530,6 +534,12 @@ pub struct DecoderSession {
     /// full-resolution `masks` covers all four tokens, while the server upsamples only the
     /// tokens it returns.
     low_res_only: RunOptions<HasSelectedOutputs>,
+    /// Whether a batch without mask inputs may pass one all-zero `mask_input` row for all
+    /// its prompts. The official graph computes the mask branch for every row and then
+    /// multiplies it by `has_mask_input = 0`; with one row it broadcasts, so the branch runs
+    /// once per call instead of once per prompt. Enabled only after the warm-up shows the
+    /// graph accepts it and answers identically.
+    shared_empty_mask: bool,
 }
 
 fn low_res_only() -> anyhow::Result<RunOptions<HasSelectedOutputs>> {
@@ -555,6 +565,34 @@ impl DecoderSession {
         };
         let raw = self.run_raw(emb, &[prompt])?;
         Ok((raw.low_res_hw, raw.tokens))
+    }
+
+    /// Tries the one-row empty `mask_input` on a batch of two prompts; enables it when the
+    /// graph accepts it and the answers are bit-identical to the full-batch input.
+    fn probe_shared_empty_mask(&mut self, emb: &Embedding) -> bool {
+        if !self.spec.decoder_batched {
+            return false;
+        }
+        let prompts: Vec<DecoderPrompt> = [[10.0, 20.0], [30.0, 5.0]]
+            .into_iter()
+            .map(|c| DecoderPrompt {
+                coords: vec![c, [0.0, 0.0]],
+                labels: vec![1.0, -1.0],
+                mask_input: None,
+                tokens: vec![],
+            })
+            .collect();
+        self.shared_empty_mask = false;
+        let Ok(full) = self.run_raw(emb, &prompts) else {
+            return false;
+        };
+        self.shared_empty_mask = true;
+        let same = match self.run_raw(emb, &prompts) {
+            Ok(shared) => shared.iou == full.iou && shared.low_res == full.low_res,
+            Err(_) => false,
+        };
+        self.shared_empty_mask = same;
+        same
     }
 
     /// Decodes prompts against one embedding, at most `max_batch` prompts per ONNX call.
@@ -645,7 +683,13 @@ impl DecoderSession {
             // Before the probe we only know SAM's rule: 4x the embedding grid.
             [emb.shape[2] * 4, emb.shape[3] * 4]
         };
-        let mut mask_input = vec![0f32; b * mh * mw];
+        let mask_rows = if self.shared_empty_mask && prompts.iter().all(|p| p.mask_input.is_none())
+        {
+            1
+        } else {
+            b
+        };
+        let mut mask_input = vec![0f32; mask_rows * mh * mw];
         let mut has_mask = vec![0f32; b];
         for (i, p) in prompts.iter().enumerate() {
             if let Some(m) = &p.mask_input {
@@ -662,7 +706,7 @@ impl DecoderSession {
             ("image_embeddings".into(), t(emb.shape.to_vec(), &emb.data)?),
             ("point_coords".into(), t(vec![b, n, 2], &coords)?),
             ("point_labels".into(), t(vec![b, n], &labels)?),
-            ("mask_input".into(), t(vec![b, 1, mh, mw], &mask_input)?),
+            ("mask_input".into(), t(vec![mask_rows, 1, mh, mw], &mask_input)?),
             ("has_mask_input".into(), t(vec![b], &has_mask)?),
         ];
         let has_orig_input = self

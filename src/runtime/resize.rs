@@ -394,8 +394,79 @@ fn interpolate_window(
 
 /// [`interpolate_window`] with `map` applied to every output sample as it is computed, so
 /// that a thresholded mask never materializes the float plane.
+///
+/// On x86-64 CPUs with AVX2 the same code is compiled a second time with AVX2 enabled and
+/// chosen at run time; only the vector width differs (no FMA contraction), so both give
+/// bit-identical results.
 #[allow(clippy::too_many_arguments)]
-fn interpolate_window_map<T: Copy + Default>(
+fn interpolate_window_map<T: Copy>(
+    src: &[f32],
+    width: usize,
+    height: usize,
+    out_width: usize,
+    out_height: usize,
+    crop_width: usize,
+    crop_height: usize,
+    map: impl Fn(f32) -> T,
+) -> Vec<T> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe {
+                interpolate_window_avx2(
+                    src,
+                    width,
+                    height,
+                    out_width,
+                    out_height,
+                    crop_width,
+                    crop_height,
+                    map,
+                )
+            };
+        }
+    }
+    interpolate_window_impl(
+        src,
+        width,
+        height,
+        out_width,
+        out_height,
+        crop_width,
+        crop_height,
+        map,
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn interpolate_window_avx2<T: Copy>(
+    src: &[f32],
+    width: usize,
+    height: usize,
+    out_width: usize,
+    out_height: usize,
+    crop_width: usize,
+    crop_height: usize,
+    map: impl Fn(f32) -> T,
+) -> Vec<T> {
+    interpolate_window_impl(
+        src,
+        width,
+        height,
+        out_width,
+        out_height,
+        crop_width,
+        crop_height,
+        map,
+    )
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn interpolate_window_impl<T: Copy>(
     src: &[f32],
     width: usize,
     height: usize,
@@ -412,29 +483,38 @@ fn interpolate_window_map<T: Copy + Default>(
     if width == 0 || height == 0 {
         return vec![map(0.0); crop_width * crop_height];
     }
+    assert_eq!(src.len(), width * height, "plane length does not match");
     let xs = linear_axis(width, out_width, crop_width);
     let ys = linear_axis(height, out_height, crop_height);
+    // Every index is below `width` (see linear_axis); checked once here so the loops below
+    // need no bounds checks and can vectorize.
+    assert!(xs.i1.iter().all(|&i| i < width) && xs.i0.iter().all(|&i| i < width));
 
     // Horizontal pass over only the source rows the vertical pass reads (a contiguous range,
     // since the row indices are monotonic).
     let row_first = ys.i0[0];
     let row_last = ys.i1[crop_height - 1] + 1;
-    let mut temp = vec![0f32; (row_last - row_first) * crop_width];
-    for (y, out_row) in (row_first..row_last).zip(temp.chunks_exact_mut(crop_width)) {
+    let mut temp: Vec<f32> = Vec::with_capacity((row_last - row_first) * crop_width);
+    for y in row_first..row_last {
         let row = &src[y * width..(y + 1) * width];
-        for (x, o) in out_row.iter_mut().enumerate() {
-            *o = xs.w0[x] * row[xs.i0[x]] + xs.w1[x] * row[xs.i1[x]];
-        }
+        temp.extend(
+            xs.i0
+                .iter()
+                .zip(&xs.i1)
+                .zip(xs.w0.iter().zip(&xs.w1))
+                .map(|((&i0, &i1), (&w0, &w1))| {
+                    // SAFETY: i0, i1 < width == row.len(), asserted above.
+                    unsafe { w0 * *row.get_unchecked(i0) + w1 * *row.get_unchecked(i1) }
+                }),
+        );
     }
 
-    let mut out = vec![T::default(); crop_width * crop_height];
-    for (y, out_row) in out.chunks_exact_mut(crop_width).enumerate() {
+    let mut out: Vec<T> = Vec::with_capacity(crop_width * crop_height);
+    for y in 0..crop_height {
         let a = &temp[(ys.i0[y] - row_first) * crop_width..][..crop_width];
         let b = &temp[(ys.i1[y] - row_first) * crop_width..][..crop_width];
         let (w0, w1) = (ys.w0[y], ys.w1[y]);
-        for ((o, &va), &vb) in out_row.iter_mut().zip(a).zip(b) {
-            *o = map(w0 * va + w1 * vb);
-        }
+        out.extend(a.iter().zip(b).map(|(&va, &vb)| map(w0 * va + w1 * vb)));
     }
     out
 }
