@@ -20,8 +20,10 @@ build: $(ORT_LIB)
 test: $(ORT_LIB)
 	$(CARGO) test --release --workspace --all-targets
 
-# Load test + in-process decoder baseline against the default model; writes
-# target/bench/bench.{md,json}. BENCH_ARGS passes extra flags (e.g. --duration 20).
+# Load test + in-process decoder baseline against the default model (and a random-init
+# ViT-B from `make export-check` when present), then segment everything against the
+# reference generator; writes target/bench/{bench.md,bench.json,everything.json}.
+# BENCH_ARGS passes extra flags to the load test (e.g. --duration 20).
 bench: $(ORT_LIB)
 	$(CARGO) build --release --workspace
 	target/release/samserve-loadtest bench --server-bin target/release/samserve \
@@ -30,6 +32,7 @@ bench: $(ORT_LIB)
 		target/release/samserve-loadtest bench --server-bin target/release/samserve \
 			--model target/vitb-random --out target/bench-vitb --quick $(BENCH_ARGS); \
 	fi
+	$(MAKE) bench-everything
 
 bench-quick: $(ORT_LIB)
 	$(CARGO) build --release --workspace
