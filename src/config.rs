@@ -89,8 +89,9 @@ pub struct Config {
     #[arg(long, env = "SAMSERVE_DECODER_THREADS", default_value_t = 1)]
     pub decoder_threads: usize,
 
-    /// Number of decoder worker threads (each with its own session).
-    #[arg(long, env = "SAMSERVE_DECODER_WORKERS", default_value_t = 1)]
+    /// Number of decoder worker threads, each with its own session (0 = half the cores, at
+    /// least 1). A request with more prompts than `--max-batch-prompts` is spread over them.
+    #[arg(long, env = "SAMSERVE_DECODER_WORKERS", default_value_t = 0)]
     pub decoder_workers: usize,
 
     /// Most prompts decoded in one ONNX call; prompts of concurrent requests on the same

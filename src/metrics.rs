@@ -33,6 +33,9 @@ pub struct Metrics {
     pub decoder_seconds: HistogramVec,
     /// Prompts decoded, by model.
     pub decoder_prompts_total: IntCounterVec,
+    /// Turning one segment request's decoder outputs into the answer's masks (upscaling,
+    /// thresholding, encoding), by model.
+    pub mask_postprocess_seconds: HistogramVec,
     /// Embedding-cache hits, by model.
     pub cache_hits_total: IntCounterVec,
     /// Embedding-cache misses, by model.
@@ -127,6 +130,11 @@ impl Metrics {
             decoder_prompts_total: counter(
                 "samserve_decoder_prompts_total",
                 "Prompts run through the mask decoder.",
+                &["model"],
+            ),
+            mask_postprocess_seconds: histogram(
+                "samserve_mask_postprocess_seconds",
+                "Upscaling, thresholding and encoding the masks of one segment request.",
                 &["model"],
             ),
             cache_hits_total: counter(

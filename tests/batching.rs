@@ -227,3 +227,49 @@ fn gpu_requests_fall_back_or_refuse() {
     )
     .is_err());
 }
+
+#[tokio::test]
+async fn large_requests_are_spread_over_decoder_workers() {
+    let mut cfg = common::config();
+    cfg.decoder_workers = 2;
+    cfg.max_batch_prompts = 4;
+    let spread = TestServer::start(cfg).await;
+    let mut cfg = common::config();
+    cfg.decoder_workers = 1;
+    let single = TestServer::start(cfg).await;
+    let png = synthetic_png(320, 240, 14);
+    let prompts: Vec<_> = (0..10)
+        .map(|i| json!({"box": [i * 12, 8, 140 + i * 12, 200]}))
+        .collect();
+    let id = spread.upload(&png).await["image_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    single.upload(&png).await;
+    let (_, a) = spread.segment(&id, &json!({"prompts": prompts})).await;
+    let (_, b) = single.segment(&id, &json!({"prompts": prompts})).await;
+    for i in 0..10 {
+        assert_same(&masks_of(&a, i), &masks_of(&b, i), &format!("box {i}"));
+    }
+    // Ten prompts queued as jobs of at most four (one queue-wait sample per job); the
+    // single-worker server queues the request as one job.
+    let wait_samples = r#"queue="decoder""#;
+    assert_eq!(
+        spread
+            .metric("samserve_queue_wait_seconds_count", wait_samples)
+            .await,
+        3.0
+    );
+    assert_eq!(
+        single
+            .metric("samserve_queue_wait_seconds_count", wait_samples)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        spread
+            .metric("samserve_decoder_prompts_total", r#"model="sam-tiny""#)
+            .await,
+        10.0
+    );
+}

@@ -172,6 +172,35 @@ pub struct ModelHandle {
     pub(crate) name: Arc<str>,
     pub(crate) encoder: EncodeQueue,
     pub(crate) decoder: DecodeQueue,
+    /// Prompts per decoder job when a request's prompts are spread over several decoder
+    /// workers (`usize::MAX` with one worker: one job per request).
+    decoder_split: usize,
+}
+
+impl ModelHandle {
+    /// Decodes prompts on one embedding. With several decoder workers the prompts are
+    /// queued as jobs of one batch each, admitted together, so idle workers share a large
+    /// request (many boxes, a segment-everything batch) instead of one worker running it
+    /// alone.
+    pub(crate) async fn decode(
+        &self,
+        emb: &Arc<Embedding>,
+        prompts: Vec<DecoderPrompt>,
+    ) -> ApiResult<Vec<Vec<TokenOutput>>> {
+        if prompts.len() <= self.decoder_split {
+            let n = prompts.len();
+            return self.decoder.call((emb.clone(), prompts), n).await;
+        }
+        let mut jobs = Vec::new();
+        let mut rest = prompts.into_iter().peekable();
+        while rest.peek().is_some() {
+            let chunk: Vec<DecoderPrompt> = rest.by_ref().take(self.decoder_split).collect();
+            let n = chunk.len();
+            jobs.push(((emb.clone(), chunk), n));
+        }
+        let outs = self.decoder.call_many(jobs).await?;
+        Ok(outs.into_iter().flatten().collect())
+    }
 }
 
 /// Mask output encodings.
@@ -318,7 +347,12 @@ impl Engine {
             .map(|n| n.get())
             .unwrap_or(1);
         let device: Device = config.encoder_device.parse()?;
-        let decoder_cores = config.decoder_threads.max(1) * config.decoder_workers.max(1);
+        let decoder_workers = if config.decoder_workers == 0 {
+            (cores / 2).max(1)
+        } else {
+            config.decoder_workers
+        };
+        let decoder_cores = config.decoder_threads.max(1) * decoder_workers;
         let opts = SessionOptions {
             // Leave the decoder its threads so the two pools do not oversubscribe the cores.
             encoder_threads: if config.encoder_threads == 0 {
@@ -327,7 +361,7 @@ impl Engine {
                 config.encoder_threads
             },
             decoder_threads: config.decoder_threads.max(1),
-            decoder_workers: config.decoder_workers.max(1),
+            decoder_workers,
             encoder_device: device,
             require_gpu: config.require_gpu,
         };
@@ -364,6 +398,11 @@ impl Engine {
                     spec,
                     encoder,
                     decoder,
+                    decoder_split: if opts.decoder_workers > 1 {
+                        config.max_batch_prompts.max(1)
+                    } else {
+                        usize::MAX
+                    },
                 },
             );
         }
@@ -567,16 +606,17 @@ impl Engine {
             &image_id,
             &self.mask_store,
         )?;
-        let n = decoder_prompts.len();
-        let outputs = handle
-            .decoder
-            .call((emb.clone(), decoder_prompts), n)
-            .await?;
+        let outputs = handle.decode(&emb, decoder_prompts).await?;
         let store = self.mask_store.clone();
         let model_name = handle.name.clone();
         let (w, h) = (emb.width, emb.height);
         let geometry = MaskGeometry::new(&handle.spec, &emb);
+        let postprocess_seconds = self
+            .metrics
+            .mask_postprocess_seconds
+            .with_label_values(&[&handle.spec.name]);
         let masks = tokio::task::spawn_blocking(move || {
+            let _timer = postprocess_seconds.start_timer();
             outputs
                 .into_iter()
                 .map(|tokens| {

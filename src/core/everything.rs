@@ -116,7 +116,7 @@ impl AmgBackend for EngineBackend<'_> {
             })
             .collect();
         let n = prompts.len();
-        let out = self.handle.decoder.call((crop.clone(), prompts), n).await?;
+        let out = self.handle.decode(crop, prompts).await?;
         self.engine
             .metrics
             .everything_points_total

@@ -246,8 +246,17 @@ impl<I: Send + 'static, O: Send + 'static> WorkerQueue<I, O> {
     /// Queues a job of `units` work units and waits for its answer; fails fast with 429
     /// when admitting it would exceed the queue bound.
     pub async fn call(&self, input: I, units: usize) -> Result<O, ApiError> {
+        let mut out = self.call_many(vec![(input, units)]).await?;
+        out.pop()
+            .ok_or_else(|| ApiError::Internal(format!("{} returned no answer", self.name)))
+    }
+
+    /// Queues several jobs, admitted together (all or none), so that idle workers can run
+    /// them in parallel; waits for every answer and returns them in order.
+    pub async fn call_many(&self, jobs: Vec<(I, usize)>) -> Result<Vec<O>, ApiError> {
+        let units: usize = jobs.iter().map(|j| j.1).sum();
         let before = self.queued.fetch_add(units, Ordering::AcqRel);
-        // One oversized job is admitted into an empty queue, or it could never run.
+        // One oversized request is admitted into an empty queue, or it could never run.
         if before > 0 && before + units > self.policy.max_queued_units {
             self.queued.fetch_sub(units, Ordering::AcqRel);
             self.metrics.rejected.inc();
@@ -257,36 +266,52 @@ impl<I: Send + 'static, O: Send + 'static> WorkerQueue<I, O> {
             });
         }
         self.metrics.depth.set((before + units) as i64);
-        let (reply, rx) = oneshot::channel();
-        let job = Job {
-            input,
-            reply,
-            units,
-            enqueued: Instant::now(),
-        };
-        match self.tx.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.queued.fetch_sub(units, Ordering::AcqRel);
-                self.metrics.rejected.inc();
-                return Err(ApiError::Overloaded {
-                    reason: self.name,
-                    retry_after_secs: 1,
-                });
+        let mut replies = Vec::with_capacity(jobs.len());
+        let mut unsent = units;
+        for (input, job_units) in jobs {
+            let (reply, rx) = oneshot::channel();
+            let job = Job {
+                input,
+                reply,
+                units: job_units,
+                enqueued: Instant::now(),
+            };
+            let refused = match self.tx.try_send(job) {
+                Ok(()) => None,
+                Err(TrySendError::Full(_)) => {
+                    self.metrics.rejected.inc();
+                    Some(ApiError::Overloaded {
+                        reason: self.name,
+                        retry_after_secs: 1,
+                    })
+                }
+                Err(TrySendError::Disconnected(_)) => Some(ApiError::Internal(format!(
+                    "{} workers stopped",
+                    self.name
+                ))),
+            };
+            if let Some(err) = refused {
+                // Jobs already sent see their requester gone and release their own units.
+                self.queued.fetch_sub(unsent, Ordering::AcqRel);
+                return Err(err);
             }
-            Err(TrySendError::Disconnected(_)) => {
-                self.queued.fetch_sub(units, Ordering::AcqRel);
-                return Err(ApiError::Internal(format!("{} workers stopped", self.name)));
+            unsent -= job_units;
+            replies.push(rx);
+        }
+        let mut out = Vec::with_capacity(replies.len());
+        for rx in replies {
+            match rx.await {
+                Ok(Ok(o)) => out.push(o),
+                Ok(Err(e)) => return Err(ApiError::Internal(format!("{}: {e:#}", self.name))),
+                Err(_) => {
+                    return Err(ApiError::Internal(format!(
+                        "{} worker dropped the job",
+                        self.name
+                    )))
+                }
             }
         }
-        match rx.await {
-            Ok(Ok(out)) => Ok(out),
-            Ok(Err(e)) => Err(ApiError::Internal(format!("{}: {e:#}", self.name))),
-            Err(_) => Err(ApiError::Internal(format!(
-                "{} worker dropped the job",
-                self.name
-            ))),
-        }
+        Ok(out)
     }
 
     /// Work units admitted and not yet running.
