@@ -491,31 +491,37 @@ fn interpolate_window_impl<T: Copy>(
     assert!(xs.i1.iter().all(|&i| i < width) && xs.i0.iter().all(|&i| i < width));
 
     // Horizontal pass over only the source rows the vertical pass reads (a contiguous range,
-    // since the row indices are monotonic).
+    // since the row indices are monotonic). Outputs are written straight into the vectors'
+    // capacity: zero-filling them first would cost as much as the pass.
     let row_first = ys.i0[0];
     let row_last = ys.i1[crop_height - 1] + 1;
+    let (xi0, xi1) = (&xs.i0[..crop_width], &xs.i1[..crop_width]);
+    let (xw0, xw1) = (&xs.w0[..crop_width], &xs.w1[..crop_width]);
     let mut temp: Vec<f32> = Vec::with_capacity((row_last - row_first) * crop_width);
-    for y in row_first..row_last {
+    let spare = &mut temp.spare_capacity_mut()[..(row_last - row_first) * crop_width];
+    for (y, dst) in (row_first..row_last).zip(spare.chunks_exact_mut(crop_width)) {
         let row = &src[y * width..(y + 1) * width];
-        temp.extend(
-            xs.i0
-                .iter()
-                .zip(&xs.i1)
-                .zip(xs.w0.iter().zip(&xs.w1))
-                .map(|((&i0, &i1), (&w0, &w1))| {
-                    // SAFETY: i0, i1 < width == row.len(), asserted above.
-                    unsafe { w0 * *row.get_unchecked(i0) + w1 * *row.get_unchecked(i1) }
-                }),
-        );
+        for x in 0..crop_width {
+            // SAFETY: indices are below `width == row.len()` (asserted above).
+            let (a, b) = unsafe { (*row.get_unchecked(xi0[x]), *row.get_unchecked(xi1[x])) };
+            dst[x].write(xw0[x] * a + xw1[x] * b);
+        }
     }
+    // SAFETY: every element of the capacity was written by the loop above.
+    unsafe { temp.set_len((row_last - row_first) * crop_width) };
 
     let mut out: Vec<T> = Vec::with_capacity(crop_width * crop_height);
-    for y in 0..crop_height {
+    let spare = &mut out.spare_capacity_mut()[..crop_width * crop_height];
+    for (y, dst) in spare.chunks_exact_mut(crop_width).enumerate() {
         let a = &temp[(ys.i0[y] - row_first) * crop_width..][..crop_width];
         let b = &temp[(ys.i1[y] - row_first) * crop_width..][..crop_width];
         let (w0, w1) = (ys.w0[y], ys.w1[y]);
-        out.extend(a.iter().zip(b).map(|(&va, &vb)| map(w0 * va + w1 * vb)));
+        for x in 0..crop_width {
+            dst[x].write(map(w0 * a[x] + w1 * b[x]));
+        }
     }
+    // SAFETY: every element of the capacity was written by the loop above.
+    unsafe { out.set_len(crop_width * crop_height) };
     out
 }
 
