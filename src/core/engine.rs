@@ -301,6 +301,8 @@ pub struct Engine {
     /// Uploaded files by image id, for work that needs the pixels again (crops).
     originals: moka::future::Cache<Arc<str>, Bytes>,
     mask_store: MaskStore,
+    /// Most blocking tasks one segment request's masks are spread over (the core count).
+    postprocess_tasks: usize,
     /// Metrics registry of this server.
     pub metrics: Arc<Metrics>,
     limits: PromptLimits,
@@ -430,6 +432,7 @@ impl Engine {
                 config.mask_store_bytes,
                 idle.unwrap_or(Duration::from_secs(3600)),
             ),
+            postprocess_tasks: cores,
             metrics,
             limits: PromptLimits {
                 max_points: config.max_points,
@@ -615,39 +618,58 @@ impl Engine {
             .metrics
             .mask_postprocess_seconds
             .with_label_values(&[&handle.spec.name]);
-        let masks = tokio::task::spawn_blocking(move || {
-            let _timer = postprocess_seconds.start_timer();
-            outputs
-                .into_iter()
-                .map(|tokens| {
-                    let mut masks: Vec<MaskResult> = tokens
-                        .into_iter()
-                        .map(|t| {
-                            let bin = BinaryMask::from_binary(
-                                w,
-                                h,
-                                geometry.upscale_mask(&t.low_res, MASK_THRESHOLD),
-                            );
-                            let logits_handle = opts
-                                .return_logits
-                                .then(|| store.insert(&model_name, &image_id, t.low_res));
-                            MaskResult {
-                                score: t.score,
-                                area: bin.area(),
-                                bbox: bin.bbox_xywh(),
-                                token: t.token,
-                                mask: encode_mask(&bin, opts.output),
-                                logits_handle,
-                            }
-                        })
-                        .collect();
-                    masks.sort_by(|a, b| b.score.total_cmp(&a.score));
-                    masks
-                })
-                .collect()
-        })
-        .await
-        .map_err(ApiError::internal)?;
+        let timer = postprocess_seconds.start_timer();
+        // Masks are independent: spread them over up to one blocking task per core, so a
+        // lone click's three masks (or a detector request's hundred) do not wait on each
+        // other while cores are idle. The split is bounded, so load cannot grow the pool.
+        let prompt_sizes: Vec<usize> = outputs.iter().map(Vec::len).collect();
+        let tokens: Vec<TokenOutput> = outputs.into_iter().flatten().collect();
+        let tasks = self.postprocess_tasks.min(tokens.len()).max(1);
+        let per_task = tokens.len().div_ceil(tasks).max(1);
+        let mut pending = Vec::with_capacity(tasks);
+        let mut rest = tokens.into_iter().peekable();
+        while rest.peek().is_some() {
+            let chunk: Vec<TokenOutput> = rest.by_ref().take(per_task).collect();
+            let (store, model_name, image_id) =
+                (store.clone(), model_name.clone(), image_id.clone());
+            pending.push(tokio::task::spawn_blocking(move || {
+                chunk
+                    .into_iter()
+                    .map(|t| {
+                        let bin = BinaryMask::from_binary(
+                            w,
+                            h,
+                            geometry.upscale_mask(&t.low_res, MASK_THRESHOLD),
+                        );
+                        let logits_handle = opts
+                            .return_logits
+                            .then(|| store.insert(&model_name, &image_id, t.low_res));
+                        MaskResult {
+                            score: t.score,
+                            area: bin.area(),
+                            bbox: bin.bbox_xywh(),
+                            token: t.token,
+                            mask: encode_mask(&bin, opts.output),
+                            logits_handle,
+                        }
+                    })
+                    .collect::<Vec<MaskResult>>()
+            }));
+        }
+        let mut done = Vec::with_capacity(prompt_sizes.iter().sum());
+        for task in pending {
+            done.extend(task.await.map_err(ApiError::internal)?);
+        }
+        timer.observe_duration();
+        let mut done = done.into_iter();
+        let masks: Vec<Vec<MaskResult>> = prompt_sizes
+            .iter()
+            .map(|&n| {
+                let mut masks: Vec<MaskResult> = done.by_ref().take(n).collect();
+                masks.sort_by(|a, b| b.score.total_cmp(&a.score));
+                masks
+            })
+            .collect();
         Ok(Segmented {
             model: handle.spec.name.clone(),
             width: w,
