@@ -172,6 +172,7 @@ async fn ndjson_streams_progress_before_the_end() {
     let mut stream = r.bytes_stream();
     let mut buf = Vec::new();
     let mut lines: Vec<(f64, serde_json::Value)> = Vec::new();
+    let mut running_at_first_line = None;
     while let Some(chunk) = stream.next().await {
         buf.extend_from_slice(&chunk.unwrap());
         while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
@@ -180,8 +181,18 @@ async fn ndjson_streams_progress_before_the_end() {
                 start.elapsed().as_secs_f64(),
                 serde_json::from_slice(&line).unwrap(),
             ));
+            if running_at_first_line.is_none() {
+                // The server's own gauge says whether the generation is still computing.
+                running_at_first_line =
+                    Some(s.metric("samserve_everything_running", "").await);
+            }
         }
     }
+    assert_eq!(
+        running_at_first_line,
+        Some(1.0),
+        "the first line must arrive while the masks are still being computed"
+    );
     let kinds: Vec<&str> = lines
         .iter()
         .map(|(_, v)| v["type"].as_str().unwrap())
