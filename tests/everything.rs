@@ -183,8 +183,7 @@ async fn ndjson_streams_progress_before_the_end() {
             ));
             if running_at_first_line.is_none() {
                 // The server's own gauge says whether the generation is still computing.
-                running_at_first_line =
-                    Some(s.metric("samserve_everything_running", "").await);
+                running_at_first_line = Some(s.metric("samserve_everything_running", "").await);
             }
         }
     }

@@ -272,7 +272,10 @@ pub fn run(a: &BaselineArgs) -> anyhow::Result<BaselineReport> {
     let decoder_file = dir.join(&m.decoder);
     let decoder_bytes = std::fs::read(&decoder_file)
         .with_context(|| format!("reading {}", decoder_file.display()))?;
-    let decoder_bytes = samserve::runtime::model::decoder_graph(m.name.as_deref().unwrap_or("model"), &decoder_bytes);
+    let decoder_bytes = samserve::runtime::model::decoder_graph(
+        m.name.as_deref().unwrap_or("model"),
+        &decoder_bytes,
+    );
     let mut decoders = (0..sessions)
         .map(|_| session_from(env, &decoder_bytes, a.threads))
         .collect::<anyhow::Result<Vec<_>>>()?;

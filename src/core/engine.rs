@@ -19,9 +19,8 @@ use crate::metrics::Metrics;
 use crate::runtime::device::Device;
 use crate::runtime::manifest::ModelFiles;
 use crate::runtime::model::{
-    MaskGeometry, MASK_THRESHOLD,
-    load_model, DecoderPrompt, DecoderSession, Embedding, EncoderSession, ModelSpec,
-    SessionOptions, TokenOutput,
+    load_model, DecoderPrompt, DecoderSession, Embedding, EncoderSession, MaskGeometry, ModelSpec,
+    SessionOptions, TokenOutput, MASK_THRESHOLD,
 };
 use crate::runtime::preprocess::{decode_image, prepare, PreparedImage};
 

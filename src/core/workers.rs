@@ -285,10 +285,9 @@ impl<I: Send + 'static, O: Send + 'static> WorkerQueue<I, O> {
                         retry_after_secs: 1,
                     })
                 }
-                Err(TrySendError::Disconnected(_)) => Some(ApiError::Internal(format!(
-                    "{} workers stopped",
-                    self.name
-                ))),
+                Err(TrySendError::Disconnected(_)) => {
+                    Some(ApiError::Internal(format!("{} workers stopped", self.name)))
+                }
             };
             if let Some(err) = refused {
                 // Jobs already sent see their requester gone and release their own units.

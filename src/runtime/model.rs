@@ -148,22 +148,16 @@ impl MaskGeometry {
 
     /// Logits at the image size, row-major `height x width`.
     pub fn upscale(&self, low_res: &[f32]) -> Vec<f32> {
-        super::resize::upscale_low_res_logits(
-            low_res,
-            self.low_res_width,
-            self.low_res_height,
-            self.input_size,
-            self.resized_width,
-            self.resized_height,
-            self.width,
-            self.height,
-        )
+        super::resize::upscale_low_res_map(low_res, self.dims(), |v| v)
     }
 
     /// The mask at the image size: 1 where the upscaled logit is above `threshold`.
     pub fn upscale_mask(&self, low_res: &[f32], threshold: f32) -> Vec<u8> {
-        super::resize::upscale_low_res_mask(
-            low_res,
+        super::resize::upscale_low_res_map(low_res, self.dims(), |v| (v > threshold) as u8)
+    }
+
+    fn dims(&self) -> [usize; 7] {
+        [
             self.low_res_width,
             self.low_res_height,
             self.input_size,
@@ -171,8 +165,7 @@ impl MaskGeometry {
             self.resized_height,
             self.width,
             self.height,
-            threshold,
-        )
+        ]
     }
 }
 
@@ -706,7 +699,10 @@ impl DecoderSession {
             ("image_embeddings".into(), t(emb.shape.to_vec(), &emb.data)?),
             ("point_coords".into(), t(vec![b, n, 2], &coords)?),
             ("point_labels".into(), t(vec![b, n], &labels)?),
-            ("mask_input".into(), t(vec![mask_rows, 1, mh, mw], &mask_input)?),
+            (
+                "mask_input".into(),
+                t(vec![mask_rows, 1, mh, mw], &mask_input)?,
+            ),
             ("has_mask_input".into(), t(vec![b], &has_mask)?),
         ];
         let has_orig_input = self

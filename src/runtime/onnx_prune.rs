@@ -156,7 +156,11 @@ pub fn prune_to_outputs(model: &[u8], keep: &[&str]) -> anyhow::Result<Option<Pr
 
     let mut declared = Vec::new();
     for f in graph_fields.iter().filter(|f| f.number == GRAPH_OUTPUT) {
-        declared.push(strings(f.payload, VALUE_INFO_NAME)?.pop().unwrap_or_default());
+        declared.push(
+            strings(f.payload, VALUE_INFO_NAME)?
+                .pop()
+                .unwrap_or_default(),
+        );
     }
     for k in keep {
         if !declared.iter().any(|d| d == k) {
@@ -197,7 +201,9 @@ pub fn prune_to_outputs(model: &[u8], keep: &[&str]) -> anyhow::Result<Option<Pr
                 node_index += 1;
             }
             GRAPH_OUTPUT => {
-                let name = strings(f.payload, VALUE_INFO_NAME)?.pop().unwrap_or_default();
+                let name = strings(f.payload, VALUE_INFO_NAME)?
+                    .pop()
+                    .unwrap_or_default();
                 if keep.contains(&name.as_str()) {
                     new_graph.extend_from_slice(f.raw);
                 }
@@ -271,10 +277,7 @@ mod tests {
         );
         let pruned = prune_to_outputs(&full, &["keep"]).unwrap().unwrap();
         assert_eq!(pruned.nodes, (4, 2));
-        let expected = model(
-            &[node(&["x"], &["a"]), node(&["a"], &["keep"])],
-            &["keep"],
-        );
+        let expected = model(&[node(&["x"], &["a"]), node(&["a"], &["keep"])], &["keep"]);
         assert_eq!(pruned.bytes, expected);
     }
 

@@ -578,21 +578,8 @@ pub fn upscale_low_res_logits(
     orig_w: usize,
     orig_h: usize,
 ) -> Vec<f32> {
-    assert_eq!(
-        low_res.len(),
-        lw * lh,
-        "logit plane length does not match {lw}x{lh}"
-    );
-    assert!(
-        resized_w <= input_size && resized_h <= input_size,
-        "resized size {resized_w}x{resized_h} exceeds input size {input_size}"
-    );
-    let cropped = interpolate_window(
-        low_res, lw, lh, input_size, input_size, resized_w, resized_h,
-    );
-    interpolate_window(
-        &cropped, resized_w, resized_h, orig_w, orig_h, orig_w, orig_h,
-    )
+    let geometry = [lw, lh, input_size, resized_w, resized_h, orig_w, orig_h];
+    upscale_low_res_map(low_res, geometry, |v| v)
 }
 
 /// [`upscale_low_res_logits`] followed by `logit > threshold`, without materializing the
@@ -614,6 +601,19 @@ pub fn upscale_low_res_mask(
     orig_h: usize,
     threshold: f32,
 ) -> Vec<u8> {
+    let geometry = [lw, lh, input_size, resized_w, resized_h, orig_w, orig_h];
+    upscale_low_res_map(low_res, geometry, |v| (v > threshold) as u8)
+}
+
+/// SAM's `postprocess_masks` with `map` applied to each final sample. `geometry` is
+/// `[lw, lh, input_size, resized_w, resized_h, orig_w, orig_h]` as in
+/// [`upscale_low_res_logits`].
+pub(super) fn upscale_low_res_map<T: Copy>(
+    low_res: &[f32],
+    geometry: [usize; 7],
+    map: impl Fn(f32) -> T,
+) -> Vec<T> {
+    let [lw, lh, input_size, resized_w, resized_h, orig_w, orig_h] = geometry;
     assert_eq!(
         low_res.len(),
         lw * lh,
@@ -627,14 +627,7 @@ pub fn upscale_low_res_mask(
         low_res, lw, lh, input_size, input_size, resized_w, resized_h,
     );
     interpolate_window_map(
-        &cropped,
-        resized_w,
-        resized_h,
-        orig_w,
-        orig_h,
-        orig_w,
-        orig_h,
-        |v| (v > threshold) as u8,
+        &cropped, resized_w, resized_h, orig_w, orig_h, orig_w, orig_h, map,
     )
 }
 

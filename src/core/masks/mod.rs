@@ -213,7 +213,11 @@ fn first_set(row: &[u8]) -> Option<usize> {
         }
     }
     let tail = row.len() - words.remainder().len();
-    words.remainder().iter().position(|&v| v != 0).map(|p| tail + p)
+    words
+        .remainder()
+        .iter()
+        .position(|&v| v != 0)
+        .map(|p| tail + p)
 }
 
 /// Index of the last non-zero byte, scanning eight bytes per step from the end.
@@ -311,7 +315,12 @@ mod tests {
                     let x1 = fg.iter().map(|p| p.0).max().unwrap();
                     let y0 = fg.iter().map(|p| p.1).min().unwrap();
                     let y1 = fg.iter().map(|p| p.1).max().unwrap();
-                    [x0 as u32, y0 as u32, (x1 - x0 + 1) as u32, (y1 - y0 + 1) as u32]
+                    [
+                        x0 as u32,
+                        y0 as u32,
+                        (x1 - x0 + 1) as u32,
+                        (y1 - y0 + 1) as u32,
+                    ]
                 };
                 assert_eq!(m.bbox_xywh(), expected, "{w}x{h} density {density}");
             }
