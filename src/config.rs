@@ -126,7 +126,12 @@ pub struct Config {
     #[arg(long, env = "SAMSERVE_ENCODER_DEVICE", default_value = "cpu")]
     pub encoder_device: String,
 
-    /// Refuse to start when the encoder device is a GPU that is not available.
+    /// Execution provider of the decoder sessions: `cpu`, `cuda` or `cuda:N`. On a GPU,
+    /// raise `--max-batch-prompts` (e.g. 64): batching pays there, not on a CPU.
+    #[arg(long, env = "SAMSERVE_DECODER_DEVICE", default_value = "cpu")]
+    pub decoder_device: String,
+
+    /// Refuse to start when the encoder or decoder device is a GPU that is not available.
     #[arg(long, env = "SAMSERVE_REQUIRE_GPU", default_value_t = false)]
     pub require_gpu: bool,
 

@@ -228,6 +228,36 @@ fn gpu_requests_fall_back_or_refuse() {
     .is_err());
 }
 
+#[test]
+fn gpu_decoder_requests_fall_back_or_refuse() {
+    use std::sync::Arc;
+    let start = |cfg: &samserve::config::Config| {
+        samserve::core::engine::Engine::start(cfg, Arc::new(samserve::metrics::Metrics::new()))
+    };
+    let mut cfg = common::config();
+    cfg.decoder_device = "cuda:0".into();
+    cfg.decoder_workers = 2;
+    let engine = start(&cfg).expect("without --require-gpu the decoder falls back to CPU");
+    let m = engine.models().next().unwrap();
+    assert_eq!(m.spec.encoder_device, "cpu");
+    if m.spec.decoder_device == "cpu" {
+        cfg.require_gpu = true;
+        let err = start(&cfg)
+            .err()
+            .expect("--require-gpu refuses to start without a GPU decoder");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("--decoder-device"), "{msg}");
+    } else {
+        assert!(
+            m.spec.decoder_device.starts_with("cuda"),
+            "{}",
+            m.spec.decoder_device
+        );
+    }
+    cfg.decoder_device = "npu".into();
+    assert!(start(&cfg).is_err());
+}
+
 #[tokio::test]
 async fn large_requests_are_spread_over_decoder_workers() {
     let mut cfg = common::config();

@@ -348,6 +348,7 @@ impl Engine {
             .map(|n| n.get())
             .unwrap_or(1);
         let device: Device = config.encoder_device.parse()?;
+        let decoder_device: Device = config.decoder_device.parse()?;
         let decoder_workers = if config.decoder_workers == 0 {
             (cores / 2).max(1)
         } else {
@@ -364,6 +365,7 @@ impl Engine {
             decoder_threads: config.decoder_threads.max(1),
             decoder_workers,
             encoder_device: device,
+            decoder_device,
             require_gpu: config.require_gpu,
         };
         let mut models = BTreeMap::new();
@@ -386,6 +388,7 @@ impl Engine {
                 batched_decoder = spec.decoder_batched,
                 encoder_input = ?spec.encoder_input,
                 encoder_device = %spec.encoder_device,
+                decoder_device = %spec.decoder_device,
                 encoder_threads = opts.encoder_threads,
                 decoder_threads = opts.decoder_threads,
                 decoder_workers = opts.decoder_workers,

@@ -34,6 +34,8 @@ pub async fn models(State(state): State<AppState>) -> Result<Json<ModelList>, Ap
                         .ok()
                         .and_then(|v| v.as_str().map(str::to_string))
                         .unwrap_or_default(),
+                    encoder_device: s.encoder_device.clone(),
+                    decoder_device: s.decoder_device.clone(),
                 }
             })
             .collect(),

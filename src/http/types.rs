@@ -174,6 +174,10 @@ pub struct ModelInfo {
     pub batched_decoder: bool,
     /// Encoder input layout: `nchw_normalized` or `hwc_raw`.
     pub encoder_input: String,
+    /// Where the encoder runs (`cpu`, `cuda:N`), after any fallback.
+    pub encoder_device: String,
+    /// Where the decoder runs (`cpu`, `cuda:N`), after any fallback.
+    pub decoder_device: String,
 }
 
 /// `GET /v1/models` answer.

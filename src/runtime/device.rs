@@ -46,10 +46,12 @@ impl std::fmt::Display for Device {
 /// Registers the device's execution provider on a session builder. Returns the builder and
 /// the device actually used: when CUDA is unavailable the result is CPU with one warning,
 /// or an error when `require_gpu` is set.
+/// `role` (`encoder`, `decoder`) names the session in messages.
 pub fn apply(
     builder: SessionBuilder,
     device: Device,
     require_gpu: bool,
+    role: &str,
 ) -> anyhow::Result<(SessionBuilder, Device)> {
     match device {
         Device::Cpu => Ok((builder, Device::Cpu)),
@@ -57,10 +59,10 @@ pub fn apply(
             Ok(b) => Ok((b, device)),
             Err((b, why)) => {
                 if require_gpu {
-                    bail!("--encoder-device {device} requested with --require-gpu, but {why}");
+                    bail!("--{role}-device {device} requested with --require-gpu, but {why}");
                 }
                 tracing::warn!(
-                    "encoder device {device} unavailable ({why}); the encoder runs on the CPU"
+                    "{role} device {device} unavailable ({why}); the {role} runs on the CPU"
                 );
                 Ok((b, Device::Cpu))
             }

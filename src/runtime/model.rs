@@ -56,6 +56,8 @@ pub struct ModelSpec {
     pub low_res_size: [usize; 2],
     /// Where the encoder runs (`cpu`, `cuda:N`).
     pub encoder_device: String,
+    /// Where the decoder runs (`cpu`, `cuda:N`).
+    pub decoder_device: String,
     /// Whether the encoder accepts several images per call (axis 0 dynamic).
     pub encoder_batched: bool,
     /// Whether the decoder accepts a batch of prompts per call (axis 0 dynamic).
@@ -175,6 +177,7 @@ fn build_session(
     threads: usize,
     device: Device,
     require_gpu: bool,
+    role: &str,
 ) -> anyhow::Result<(Session, Device)> {
     let mut builder = Session::builder(env)
         .map_err(|e| anyhow!("{e}"))?
@@ -185,7 +188,7 @@ fn build_session(
             .with_intra_threads(threads)
             .map_err(|e| anyhow!("{e}"))?;
     }
-    let (mut builder, used) = super::device::apply(builder, device, require_gpu)?;
+    let (mut builder, used) = super::device::apply(builder, device, require_gpu, role)?;
     let session = builder
         .commit_from_memory(bytes)
         .map_err(|e| anyhow!("creating session: {e}"))?;
@@ -203,6 +206,8 @@ pub struct SessionOptions {
     pub decoder_workers: usize,
     /// Device of the encoder.
     pub encoder_device: Device,
+    /// Device of the decoder sessions.
+    pub decoder_device: Device,
     /// Fail instead of falling back to CPU when the encoder GPU is unavailable.
     pub require_gpu: bool,
 }
@@ -280,6 +285,7 @@ pub fn load_model(
         opts.encoder_threads,
         opts.encoder_device,
         opts.require_gpu,
+        "encoder",
     )
     .with_context(|| format!("model '{}': encoder", m.name))?;
     let enc_inputs = encoder.inputs();
@@ -314,12 +320,13 @@ pub fn load_model(
     let encoder_input_name = enc_in.name().to_string();
 
     let decoder_bytes = decoder_graph(&m.name, &files.decoder);
-    let (decoder, _) = build_session(
+    let (decoder, decoder_device) = build_session(
         env,
         &decoder_bytes,
         opts.decoder_threads,
-        Device::Cpu,
-        false,
+        opts.decoder_device,
+        opts.require_gpu,
+        "decoder",
     )
     .with_context(|| format!("model '{}': decoder", m.name))?;
     let names: Vec<&str> = decoder.inputs().iter().map(|o| o.name()).collect();
@@ -364,6 +371,7 @@ pub fn load_model(
         embedding_shape: [0; 4],
         low_res_size: [0; 2],
         encoder_device: encoder_device.to_string(),
+        decoder_device: decoder_device.to_string(),
         encoder_batched: encoder_input == EncoderInput::NchwNormalized
             && in_shape.first().copied() == Some(-1),
         decoder_batched,
@@ -413,8 +421,9 @@ pub fn load_model(
                 env,
                 &decoder_bytes,
                 opts.decoder_threads,
-                Device::Cpu,
-                false,
+                decoder_device,
+                opts.require_gpu,
+                "decoder",
             )?
             .0,
             spec: spec.clone(),
