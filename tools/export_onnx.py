@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from samtiny import (  # noqa: E402
+    ARCHES,
     DEFAULT_ARCH,
     PIXEL_MEAN,
     PIXEL_STD,
@@ -90,6 +91,9 @@ def main(argv=None):
     ap.add_argument("--hwc-out", help="also write the samexporter-style HWC encoder variant here")
     ap.add_argument("--quantize-decoder", action="store_true")
     ap.add_argument("--description", default="")
+    ap.add_argument("--arch", choices=sorted(ARCHES),
+                    help="with --default: samtiny.ARCHES entry (default: arch.json beside the "
+                         "checkpoint when present, else DEFAULT_ARCH)")
     args = ap.parse_args(argv)
 
     torch.manual_seed(0)
@@ -97,7 +101,14 @@ def main(argv=None):
     if args.default:
         if not args.checkpoint:
             ap.error("--default needs --checkpoint")
-        arch = DEFAULT_ARCH
+        arch_file = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "arch.json")
+        if args.arch:
+            arch = ARCHES[args.arch]
+        elif os.path.exists(arch_file):
+            with open(arch_file) as f:
+                arch = json.load(f)
+        else:
+            arch = DEFAULT_ARCH
         sam = build_sam(arch)
         sam.load_state_dict(torch.load(args.checkpoint, map_location="cpu"))
     elif args.model_type:

@@ -83,6 +83,17 @@ DEFAULT_ARCH: Dict[str, Any] = {
 }
 
 
+# Named architectures for tools/train.py --arch and tools/export_onnx.py --arch.
+# "grid64": the default model on a 64x64 embedding grid (stride-8 encoder), so that the
+# decoder's low-res masks are 256x256: tools/resolution_ceiling.py shows the 32x32 grid
+# cannot reach the held-out box target whatever the training. The decoder attends over
+# 4x the image tokens.
+ARCHES: Dict[str, Dict[str, Any]] = {
+    "default": DEFAULT_ARCH,
+    "grid64": {**DEFAULT_ARCH, "patch_size": 8},
+}
+
+
 class _ConvBN(nn.Sequential):
     def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1, act: bool = True) -> None:
         layers = [
@@ -105,18 +116,22 @@ class _ResBlock(nn.Module):
 
 
 class ConvImageEncoder(nn.Module):
-    """image [N,3,L,L] -> [N,C,L/16,L/16], a drop-in for ImageEncoderViT.
+    """image [N,3,L,L] -> [N,C,L/s,L/s] (s = stride, 16 or 8), a drop-in for ImageEncoderViT.
 
     SAM's mask decoder has no skip connections: everything it knows about a
-    boundary inside a 16 px cell must be in that cell's embedding. So the 1/4 and
-    1/8 feature maps are folded into the 1/16 grid with pixel_unshuffle (space to
-    depth) rather than pooled away. Dilated blocks at 1/16 give large objects a
-    receptive field of about 30 cells without attention.
+    boundary inside a cell must be in that cell's embedding. So the finer feature
+    maps are folded into the output grid with pixel_unshuffle (space to depth)
+    rather than pooled away. Dilated blocks at 1/16 give large objects a
+    receptive field of about 30 cells without attention; at stride 8 their output
+    is upsampled onto the 1/8 grid.
     """
 
-    def __init__(self, img_size: int, out_chans: int, widths, depths, dilations) -> None:
+    def __init__(self, img_size: int, out_chans: int, widths, depths, dilations, stride: int = 16) -> None:
         super().__init__()
+        if stride not in (8, 16):
+            raise ValueError(f"conv encoder stride must be 8 or 16, got {stride}")
         self.img_size = img_size
+        self.stride = stride
         w0, w1, w2, w3 = widths
         self.stem = nn.Sequential(_ConvBN(3, w0, stride=2), *[_ResBlock(w0) for _ in range(depths[0])])
         self.s4 = nn.Sequential(_ConvBN(w0, w1, stride=2), *[_ResBlock(w1) for _ in range(depths[1])])
@@ -125,8 +140,9 @@ class ConvImageEncoder(nn.Module):
             _ConvBN(w2, w3, stride=2),
             *[_ResBlock(w3, dilations[i % len(dilations)]) for i in range(depths[3])],
         )
-        self.fold4 = nn.Conv2d(w1 * 16, out_chans, 1)
-        self.fold8 = nn.Conv2d(w2 * 4, out_chans, 1)
+        k = stride // 4  # space-to-depth factor from 1/4 to the output grid
+        self.fold4 = nn.Conv2d(w1 * k * k, out_chans, 1)
+        self.fold8 = nn.Conv2d(w2 * (stride // 8) ** 2, out_chans, 1)
         self.proj16 = nn.Conv2d(w3, out_chans, 1)
         self.neck = nn.Sequential(
             nn.GELU(),
@@ -138,7 +154,11 @@ class ConvImageEncoder(nn.Module):
         f4 = self.s4(self.stem(x))
         f8 = self.s8(f4)
         f16 = self.s16(f8)
-        y = self.proj16(f16) + self.fold8(F.pixel_unshuffle(f8, 2)) + self.fold4(F.pixel_unshuffle(f4, 4))
+        if self.stride == 16:
+            y = self.proj16(f16) + self.fold8(F.pixel_unshuffle(f8, 2)) + self.fold4(F.pixel_unshuffle(f4, 4))
+        else:
+            up = F.interpolate(self.proj16(f16), scale_factor=2, mode="bilinear", align_corners=False)
+            y = up + self.fold8(f8) + self.fold4(F.pixel_unshuffle(f4, 2))
         return self.neck(y)
 
 
@@ -150,7 +170,7 @@ def build_sam(arch: Dict[str, Any]) -> Sam:
     C = int(arch["prompt_embed_dim"])
     if arch.get("encoder_type", "vit") == "conv":
         encoder = ConvImageEncoder(
-            L, C, arch["encoder_widths"], arch["encoder_depths"], arch["encoder_dilations"]
+            L, C, arch["encoder_widths"], arch["encoder_depths"], arch["encoder_dilations"], stride=p
         )
     else:
         encoder = _vit_encoder(arch, L, p, C)

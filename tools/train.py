@@ -23,6 +23,7 @@ every --save-every seconds and at the end, and checkpoint.pth (model only).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import random
@@ -36,7 +37,7 @@ from torch.nn import functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from data_engine import HELDOUT_START, make_scene  # noqa: E402
-from samtiny import DEFAULT_ARCH, PIXEL_MEAN, PIXEL_STD, PromptDecoder, build_sam  # noqa: E402
+from samtiny import ARCHES, PIXEL_MEAN, PIXEL_STD, PromptDecoder, build_sam  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -282,13 +283,16 @@ def main(argv=None):
     ap.add_argument("--fresh", action="store_true", help="ignore an existing train_state.pt")
     ap.add_argument("--init", help="start from this model state_dict (fresh optimizer and schedule)")
     ap.add_argument("--log-every", type=int, default=20)
+    ap.add_argument("--arch", choices=sorted(ARCHES), default="default",
+                    help="samtiny.ARCHES entry (written to arch.json beside checkpoint.pth)")
     args = ap.parse_args(argv)
+    arch = ARCHES[args.arch]
 
     dev = torch.device(args.device)
     os.makedirs(args.out, exist_ok=True)
     state_path = os.path.join(args.out, "train_state.pt")
     torch.manual_seed(0)
-    sam = build_sam(DEFAULT_ARCH)
+    sam = build_sam(arch)
     pdec = PromptDecoder(sam)
     self_test(sam, pdec)
     if args.init:
@@ -323,9 +327,11 @@ def main(argv=None):
         sam.eval()
         tmp = state_path + ".tmp"
         torch.save({"model": sam.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
-                    "arch": DEFAULT_ARCH}, tmp)
+                    "arch": arch}, tmp)
         os.replace(tmp, state_path)
         torch.save({k: v.detach().cpu() for k, v in sam.state_dict().items()}, os.path.join(args.out, "checkpoint.pth"))
+        with open(os.path.join(args.out, "arch.json"), "w") as f:
+            json.dump(arch, f, indent=2)
         sam.train()
 
     stats: dict = {}
