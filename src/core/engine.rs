@@ -12,7 +12,7 @@ use super::cache::{EmbeddingCache, ImageKey};
 use super::mask_store::MaskStore;
 use super::masks::{self, BinaryMask};
 use super::prompts::{prepare_prompts, Prompt, PromptLimits};
-use super::workers::{BatchPolicy, WorkerQueue};
+use super::workers::{chunks_owned, BatchPolicy, WorkerQueue};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
@@ -190,13 +190,13 @@ impl ModelHandle {
             let n = prompts.len();
             return self.decoder.call((emb.clone(), prompts), n).await;
         }
-        let mut jobs = Vec::new();
-        let mut rest = prompts.into_iter().peekable();
-        while rest.peek().is_some() {
-            let chunk: Vec<DecoderPrompt> = rest.by_ref().take(self.decoder_split).collect();
-            let n = chunk.len();
-            jobs.push(((emb.clone(), chunk), n));
-        }
+        let jobs = chunks_owned(prompts, self.decoder_split)
+            .into_iter()
+            .map(|chunk| {
+                let n = chunk.len();
+                ((emb.clone(), chunk), n)
+            })
+            .collect();
         let outs = self.decoder.call_many(jobs).await?;
         Ok(outs.into_iter().flatten().collect())
     }
@@ -626,12 +626,9 @@ impl Engine {
         // other while cores are idle. The split is bounded, so load cannot grow the pool.
         let prompt_sizes: Vec<usize> = outputs.iter().map(Vec::len).collect();
         let tokens: Vec<TokenOutput> = outputs.into_iter().flatten().collect();
-        let tasks = self.postprocess_tasks.min(tokens.len()).max(1);
-        let per_task = tokens.len().div_ceil(tasks).max(1);
-        let mut pending = Vec::with_capacity(tasks);
-        let mut rest = tokens.into_iter().peekable();
-        while rest.peek().is_some() {
-            let chunk: Vec<TokenOutput> = rest.by_ref().take(per_task).collect();
+        let per_task = tokens.len().div_ceil(self.postprocess_tasks.max(1));
+        let mut pending = Vec::new();
+        for chunk in chunks_owned(tokens, per_task) {
             let (store, model_name, image_id) =
                 (store.clone(), model_name.clone(), image_id.clone());
             pending.push(tokio::task::spawn_blocking(move || {

@@ -318,3 +318,29 @@ impl<I: Send + 'static, O: Send + 'static> WorkerQueue<I, O> {
         self.queued.load(Ordering::Acquire)
     }
 }
+
+/// Splits `items` into owned runs of at most `size` (at least one item each), in order.
+pub fn chunks_owned<T>(items: Vec<T>, size: usize) -> Vec<Vec<T>> {
+    let size = size.max(1);
+    let mut out = Vec::with_capacity(items.len().div_ceil(size));
+    let mut rest = items.into_iter().peekable();
+    while rest.peek().is_some() {
+        out.push(rest.by_ref().take(size).collect());
+    }
+    out
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::chunks_owned;
+
+    #[test]
+    fn chunks_keep_order_and_bound_sizes() {
+        assert_eq!(
+            chunks_owned((0..7).collect(), 3),
+            vec![vec![0, 1, 2], vec![3, 4, 5], vec![6]]
+        );
+        assert_eq!(chunks_owned(vec![1, 2], 0), vec![vec![1], vec![2]]);
+        assert!(chunks_owned(Vec::<u8>::new(), 4).is_empty());
+    }
+}

@@ -208,7 +208,7 @@ pub struct SessionOptions {
     pub encoder_device: Device,
     /// Device of the decoder sessions.
     pub decoder_device: Device,
-    /// Fail instead of falling back to CPU when the encoder GPU is unavailable.
+    /// Fail instead of falling back to CPU when a requested GPU is unavailable.
     pub require_gpu: bool,
 }
 

@@ -380,16 +380,26 @@ fn interpolate_window(
     crop_width: usize,
     crop_height: usize,
 ) -> Vec<f32> {
-    interpolate_window_map(
-        src,
+    let window = Window {
         width,
         height,
         out_width,
         out_height,
         crop_width,
         crop_height,
-        |v| v,
-    )
+    };
+    interpolate_window_map(src, window, |v| v)
+}
+
+/// The arguments of [`interpolate_window`]: source size, resized size, kept window.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    width: usize,
+    height: usize,
+    out_width: usize,
+    out_height: usize,
+    crop_width: usize,
+    crop_height: usize,
 }
 
 /// [`interpolate_window`] with `map` applied to every output sample as it is computed, so
@@ -398,84 +408,37 @@ fn interpolate_window(
 /// On x86-64 CPUs with AVX2 the same code is compiled a second time with AVX2 enabled and
 /// chosen at run time; only the vector width differs (no FMA contraction), so both give
 /// bit-identical results.
-#[allow(clippy::too_many_arguments)]
-fn interpolate_window_map<T: Copy>(
-    src: &[f32],
-    width: usize,
-    height: usize,
-    out_width: usize,
-    out_height: usize,
-    crop_width: usize,
-    crop_height: usize,
-    map: impl Fn(f32) -> T,
-) -> Vec<T> {
+fn interpolate_window_map<T: Copy>(src: &[f32], window: Window, map: impl Fn(f32) -> T) -> Vec<T> {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe {
-                interpolate_window_avx2(
-                    src,
-                    width,
-                    height,
-                    out_width,
-                    out_height,
-                    crop_width,
-                    crop_height,
-                    map,
-                )
-            };
+            return unsafe { interpolate_window_avx2(src, window, map) };
         }
     }
-    interpolate_window_impl(
-        src,
-        width,
-        height,
-        out_width,
-        out_height,
-        crop_width,
-        crop_height,
-        map,
-    )
+    interpolate_window_impl(src, window, map)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn interpolate_window_avx2<T: Copy>(
     src: &[f32],
-    width: usize,
-    height: usize,
-    out_width: usize,
-    out_height: usize,
-    crop_width: usize,
-    crop_height: usize,
+    window: Window,
     map: impl Fn(f32) -> T,
 ) -> Vec<T> {
-    interpolate_window_impl(
-        src,
+    interpolate_window_impl(src, window, map)
+}
+
+#[inline(always)]
+fn interpolate_window_impl<T: Copy>(src: &[f32], window: Window, map: impl Fn(f32) -> T) -> Vec<T> {
+    let Window {
         width,
         height,
         out_width,
         out_height,
         crop_width,
         crop_height,
-        map,
-    )
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn interpolate_window_impl<T: Copy>(
-    src: &[f32],
-    width: usize,
-    height: usize,
-    out_width: usize,
-    out_height: usize,
-    crop_width: usize,
-    crop_height: usize,
-    map: impl Fn(f32) -> T,
-) -> Vec<T> {
+    } = window;
     debug_assert!(crop_width <= out_width && crop_height <= out_height);
     if crop_width == 0 || crop_height == 0 {
         return Vec::new();
@@ -582,32 +545,10 @@ pub fn upscale_low_res_logits(
     upscale_low_res_map(low_res, geometry, |v| v)
 }
 
-/// [`upscale_low_res_logits`] followed by `logit > threshold`, without materializing the
-/// full-resolution logits: 1 for foreground, 0 for background (NaN is background). Equal to
-/// thresholding the output of [`upscale_low_res_logits`] sample by sample.
-///
-/// # Panics
-///
-/// As [`upscale_low_res_logits`].
-#[allow(clippy::too_many_arguments)]
-pub fn upscale_low_res_mask(
-    low_res: &[f32],
-    lw: usize,
-    lh: usize,
-    input_size: usize,
-    resized_w: usize,
-    resized_h: usize,
-    orig_w: usize,
-    orig_h: usize,
-    threshold: f32,
-) -> Vec<u8> {
-    let geometry = [lw, lh, input_size, resized_w, resized_h, orig_w, orig_h];
-    upscale_low_res_map(low_res, geometry, |v| (v > threshold) as u8)
-}
-
-/// SAM's `postprocess_masks` with `map` applied to each final sample. `geometry` is
-/// `[lw, lh, input_size, resized_w, resized_h, orig_w, orig_h]` as in
-/// [`upscale_low_res_logits`].
+/// SAM's `postprocess_masks` with `map` applied to each final sample as it is computed, so
+/// that a thresholded mask (`|v| (v > t) as u8`) never materializes the float plane; equal to
+/// mapping the output of [`upscale_low_res_logits`] sample by sample. `geometry` is
+/// `[lw, lh, input_size, resized_w, resized_h, orig_w, orig_h]` as there.
 pub(super) fn upscale_low_res_map<T: Copy>(
     low_res: &[f32],
     geometry: [usize; 7],
@@ -626,9 +567,15 @@ pub(super) fn upscale_low_res_map<T: Copy>(
     let cropped = interpolate_window(
         low_res, lw, lh, input_size, input_size, resized_w, resized_h,
     );
-    interpolate_window_map(
-        &cropped, resized_w, resized_h, orig_w, orig_h, orig_w, orig_h, map,
-    )
+    let window = Window {
+        width: resized_w,
+        height: resized_h,
+        out_width: orig_w,
+        out_height: orig_h,
+        crop_width: orig_w,
+        crop_height: orig_h,
+    };
+    interpolate_window_map(&cropped, window, map)
 }
 
 #[cfg(test)]
@@ -813,7 +760,7 @@ mod tests {
         let mut low: Vec<f32> = (0..16 * 16).map(|v| ((v * 7) % 23) as f32 - 11.0).collect();
         low[5] = f32::NAN;
         let logits = upscale_low_res_logits(&low, 16, 16, 64, 64, 40, 100, 62);
-        let mask = upscale_low_res_mask(&low, 16, 16, 64, 64, 40, 100, 62, 0.0);
+        let mask = upscale_low_res_map(&low, [16, 16, 64, 64, 40, 100, 62], |v| (v > 0.0) as u8);
         let expected: Vec<u8> = logits.iter().map(|&v| (v > 0.0) as u8).collect();
         assert_eq!(mask, expected);
         assert!(mask.contains(&0) && mask.contains(&1));

@@ -51,13 +51,17 @@ pub trait AmgBackend {
 }
 
 /// Maps low-resolution logits to logits at a crop's size (see [`AmgBackend::upscaler`]).
-pub type Upscaler = Arc<dyn Fn(&[f32]) -> Vec<f32> + Send + Sync>;
+pub type Upscaler = Arc<UpscaleFn>;
 
-/// One generated mask, the reference's output record.
+/// The function behind an [`Upscaler`].
+pub type UpscaleFn = dyn Fn(&[f32]) -> Vec<f32> + Send + Sync;
+
+/// One generated mask, the reference's output record. `S` is the segmentation: a full-size
+/// [`BinaryMask`], or a [`CompactMask`] in an [`AmgRecord`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct AmgMask {
+pub struct AmgMask<S = BinaryMask> {
     /// The mask at the full image size.
-    pub segmentation: BinaryMask,
+    pub segmentation: S,
     /// Foreground pixel count.
     pub area: u64,
     /// `[x, y, w, h]` as the reference reports it: `w = x_max - x_min` with inclusive maxima,
@@ -104,17 +108,23 @@ pub struct AmgOutput {
     pub summary: AmgSummary,
 }
 
-/// An [`AmgMask`] whose segmentation is still run-length encoded.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AmgRecord {
-    pub segmentation: CompactMask,
-    pub area: u64,
-    pub bbox: [u32; 4],
-    pub predicted_iou: f32,
-    pub point_coords: [f64; 2],
-    pub stability_score: f32,
-    pub crop_box: [u32; 4],
+impl<S> AmgMask<S> {
+    /// The same record with another segmentation.
+    fn with_segmentation<T>(&self, segmentation: T) -> AmgMask<T> {
+        AmgMask {
+            segmentation,
+            area: self.area,
+            bbox: self.bbox,
+            predicted_iou: self.predicted_iou,
+            point_coords: self.point_coords,
+            stability_score: self.stability_score,
+            crop_box: self.crop_box,
+        }
+    }
 }
+
+/// An [`AmgMask`] whose segmentation is still run-length encoded.
+pub type AmgRecord = AmgMask<CompactMask>;
 
 /// The result of [`generate_records`]. Full-size masks cost `width × height` bytes each, so a
 /// caller that encodes masks one by one should expand them one by one with
@@ -131,15 +141,7 @@ impl AmgRecords {
     /// The full-size mask record `i`.
     pub fn mask(&self, i: usize) -> AmgMask {
         let r = &self.records[i];
-        AmgMask {
-            segmentation: r.segmentation.to_mask(self.width, self.height),
-            area: r.area,
-            bbox: r.bbox,
-            predicted_iou: r.predicted_iou,
-            point_coords: r.point_coords,
-            stability_score: r.stability_score,
-            crop_box: r.crop_box,
-        }
+        r.with_segmentation(r.segmentation.to_mask(self.width, self.height))
     }
 
     /// Expands every record.
@@ -421,7 +423,7 @@ fn filter_batch(
     f: &BatchFilter,
     points: &[[f64; 2]],
     outputs: Vec<Vec<TokenOutput>>,
-    upscale: &(dyn Fn(&[f32]) -> Vec<f32> + Send + Sync),
+    upscale: &UpscaleFn,
 ) -> Result<Vec<Candidate>, ApiError> {
     let plane = f.crop_w * f.crop_h;
     let orig_box = [0, 0, f.image[0], f.image[1]];
@@ -577,11 +579,5 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    if tokio::runtime::Handle::try_current().is_ok() {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| ApiError::Internal(format!("mask generation task failed: {e}")))
-    } else {
-        Ok(f())
-    }
+    spawn_cpu(f).await
 }
