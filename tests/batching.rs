@@ -22,6 +22,27 @@ fn assert_same(a: &[serde_json::Value], b: &[serde_json::Value], what: &str) {
     }
 }
 
+/// Uploads `png` to both servers, sends each the same box prompts in one request, and
+/// asserts that every prompt gets the same masks and scores from both.
+async fn assert_servers_agree_on_boxes(
+    a: &TestServer,
+    b: &TestServer,
+    png: &[u8],
+    boxes: &[[i64; 4]],
+) {
+    let prompts: Vec<_> = boxes.iter().map(|bx| json!({ "box": bx })).collect();
+    let id = a.upload(png).await["image_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    b.upload(png).await;
+    let (_, ra) = a.segment(&id, &json!({ "prompts": prompts })).await;
+    let (_, rb) = b.segment(&id, &json!({ "prompts": prompts })).await;
+    for i in 0..boxes.len() {
+        assert_same(&masks_of(&ra, i), &masks_of(&rb, i), &format!("box {i}"));
+    }
+}
+
 #[tokio::test]
 async fn batched_results_equal_single_calls() {
     let s = TestServer::default().await;
@@ -92,20 +113,8 @@ async fn unbatched_server_gives_the_same_answers() {
     cfg.max_batch_prompts = 1;
     let one = TestServer::start(cfg).await;
     let many = TestServer::default().await;
-    let png = synthetic_png(300, 220, 12);
-    let prompts: Vec<_> = (0..10)
-        .map(|i| json!({"box": [i * 10, 10, 150 + i * 10, 200]}))
-        .collect();
-    let id = one.upload(&png).await["image_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    many.upload(&png).await;
-    let (_, a) = one.segment(&id, &json!({"prompts": prompts})).await;
-    let (_, b) = many.segment(&id, &json!({"prompts": prompts})).await;
-    for i in 0..10 {
-        assert_same(&masks_of(&a, i), &masks_of(&b, i), &format!("box {i}"));
-    }
+    let boxes: Vec<_> = (0..10).map(|i| [i * 10, 10, 150 + i * 10, 200]).collect();
+    assert_servers_agree_on_boxes(&one, &many, &synthetic_png(300, 220, 12), &boxes).await;
     assert_eq!(
         one.metric("samserve_batch_size_count", r#"queue="decoder""#)
             .await,
@@ -267,20 +276,8 @@ async fn large_requests_are_spread_over_decoder_workers() {
     let mut cfg = common::config();
     cfg.decoder_workers = 1;
     let single = TestServer::start(cfg).await;
-    let png = synthetic_png(320, 240, 14);
-    let prompts: Vec<_> = (0..10)
-        .map(|i| json!({"box": [i * 12, 8, 140 + i * 12, 200]}))
-        .collect();
-    let id = spread.upload(&png).await["image_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    single.upload(&png).await;
-    let (_, a) = spread.segment(&id, &json!({"prompts": prompts})).await;
-    let (_, b) = single.segment(&id, &json!({"prompts": prompts})).await;
-    for i in 0..10 {
-        assert_same(&masks_of(&a, i), &masks_of(&b, i), &format!("box {i}"));
-    }
+    let boxes: Vec<_> = (0..10).map(|i| [i * 12, 8, 140 + i * 12, 200]).collect();
+    assert_servers_agree_on_boxes(&spread, &single, &synthetic_png(320, 240, 14), &boxes).await;
     // Ten prompts queued as jobs of at most four (one queue-wait sample per job); the
     // single-worker server queues the request as one job.
     let wait_samples = r#"queue="decoder""#;
