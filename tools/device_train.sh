@@ -1,9 +1,10 @@
 #!/bin/sh
 # Continue training the default model on a lent GPU machine, inside one device `run` call,
 # and bring back what the next steps need: the checkpoint, the exported ONNX pair and its
-# held-out evaluation. Local test on the CPU: DEVICE=cpu MINUTES=0.2 BATCH=2 WORKERS=1 tools/device_train.sh
+# held-out evaluation. Local test on the CPU (about 2 min):
+#   DEVICE=cpu MINUTES=0.2 BATCH=1 WORKERS=0 PY=tools/.venv/bin/python OUT=/tmp/dt sh tools/device_train.sh
 #
-# Before the call, here: echo /.whl/ >> .git/info/exclude
+# Before the call, here (.whl/ is gitignored):
 #   tools/.venv/bin/python -m pip download --no-deps --only-binary=:all: -d .whl segment-anything==1.0
 # The call (about 11 of the 15 device minutes with MINUTES=7):
 #   run(command="sh tools/device_train.sh", carry=[".whl"], timeout_s=600)
