@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""Training diagnostics for the default model: can it overfit a few scenes, and where
+does a training step's time go?
+
+  diagnose.py overfit --scenes 1 --steps 300      # box / point IoU on the training scenes
+  diagnose.py overfit --scenes 10 --steps 600
+  diagnose.py profile                              # seconds per part of one train.py step
+
+`overfit` trains on a fixed set of training-split scenes (every object of visible area
+>= --min-area, tight boxes and centre points, one pass, no interactive clicks) and
+evaluates the same prompts in eval mode every --eval-every steps. It writes a contact
+sheet PNG (image with prompts | prediction | ground truth per object) to --sheet. If a
+model cannot reach box IoU >= 0.95 on one scene within a few hundred steps, something in
+the recipe (loss, targets, prompt frame, encoder) is broken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from data_engine import centre_point, make_scene  # noqa: E402
+from samtiny import ARCHES, PIXEL_MEAN, PIXEL_STD, PromptDecoder, build_sam  # noqa: E402
+import train as T  # noqa: E402
+
+
+def fixed_scenes(n, L, min_area, seed0=123):
+    """Image tensors [n,3,L,L] (normalized, zero padded) and per-object prompts/targets."""
+    mean = np.array(PIXEL_MEAN, np.float32)
+    std = np.array(PIXEL_STD, np.float32)
+    imgs, objs, raw = [], [], []
+    for i in range(n):
+        sc = make_scene(seed0 + i, long_side=L)
+        h, w = sc.height, sc.width
+        x = np.zeros((L, L, 3), np.float32)
+        x[:h, :w] = (sc.image.astype(np.float32) - mean) / std
+        imgs.append(x.transpose(2, 0, 1))
+        pad_img = np.zeros((L, L, 3), np.uint8)
+        pad_img[:h, :w] = sc.image
+        raw.append(pad_img)
+        for o in sc.objects:
+            m = sc.mask(o.id)
+            if m.sum() < min_area:
+                continue
+            full = np.zeros((L, L), bool)
+            full[:h, :w] = m
+            ys, xs = np.nonzero(m)
+            cx, cy = centre_point(m)
+            objs.append({
+                "scene": i,
+                "mask": full,
+                "box": np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32),
+                "point": np.array([cx + 0.5, cy + 0.5], np.float32),
+            })
+    return torch.from_numpy(np.stack(imgs)), objs, raw
+
+
+def prompts_for(objs, idx, kind, dev):
+    if kind == "box":
+        b = torch.from_numpy(np.stack([objs[i]["box"] for i in idx])).to(dev)
+        pts = torch.stack([b[:, :2], b[:, 2:]], 1)
+        lab = torch.tensor([2.0, 3.0], device=dev).expand(len(idx), 2)
+    else:
+        p = torch.from_numpy(np.stack([objs[i]["point"] for i in idx])).to(dev)
+        pts = torch.stack([p, torch.zeros_like(p)], 1)
+        lab = torch.tensor([1.0, -1.0], device=dev).expand(len(idx), 2)
+    return pts, lab
+
+
+def forward(sam, pdec, emb_all, objs, idx, kind, res):
+    scene = torch.tensor([objs[i]["scene"] for i in idx])
+    emb = emb_all[scene]
+    pts, lab = prompts_for(objs, idx, kind, emb.device)
+    sparse = pdec.embed_points(pts, lab)
+    g = emb.shape[-1]
+    dense = pdec.embed_masks(torch.zeros(len(idx), 1, 4 * g, 4 * g, device=emb.device),
+                             torch.zeros(len(idx), device=emb.device))
+    low, iou = T.decode(sam, emb, sam.prompt_encoder.get_dense_pe(), sparse, dense)
+    up = F.interpolate(low, size=(res, res), mode="bilinear", align_corners=False)
+    return up, iou
+
+
+def targets(objs, idx, res):
+    m = torch.from_numpy(np.stack([objs[i]["mask"] for i in idx])).float()[:, None]
+    return F.adaptive_avg_pool2d(m, res)[:, 0] > 0.5
+
+
+def evaluate(sam, pdec, imgs, objs, res):
+    sam.eval()
+    out = {}
+    with torch.no_grad():
+        emb = sam.image_encoder(imgs)
+        idx = list(range(len(objs)))
+        tgt = targets(objs, idx, res)
+        up, _ = forward(sam, pdec, emb, objs, idx, "box", res)
+        out["box"] = T.binary_iou(up[:, 0] > 0, tgt)
+        upp, iou_p = forward(sam, pdec, emb, objs, idx, "point", res)
+        ious = T.binary_iou(upp[:, 1:4] > 0, tgt[:, None])
+        out["point_oracle"] = ious.max(1).values
+        out["point_top"] = ious[torch.arange(len(idx)), iou_p[:, 1:4].argmax(1)]
+        out["box_masks"] = up[:, 0] > 0
+    sam.train()
+    return out
+
+
+def contact_sheet(path, raw, objs, pred, res, L, n=24):
+    from PIL import Image, ImageDraw
+
+    cell = 160
+    rows = min(n, len(objs))
+    sheet = Image.new("RGB", (cell * 3, cell * rows), (255, 255, 255))
+    for r in range(rows):
+        o = objs[r]
+        img = Image.fromarray(raw[o["scene"]]).resize((cell, cell))
+        d = ImageDraw.Draw(img)
+        s = cell / L
+        b = o["box"] * s
+        d.rectangle([b[0], b[1], b[2], b[3]], outline=(255, 0, 0), width=2)
+        pm = Image.fromarray((pred[r].numpy() * 255).astype(np.uint8)).resize((cell, cell))
+        gm = Image.fromarray((o["mask"] * 255).astype(np.uint8)).resize((cell, cell))
+        sheet.paste(img, (0, r * cell))
+        sheet.paste(pm.convert("RGB"), (cell, r * cell))
+        sheet.paste(gm.convert("RGB"), (2 * cell, r * cell))
+    sheet.save(path)
+
+
+def overfit(args):
+    torch.manual_seed(0)
+    arch = ARCHES[args.arch]
+    sam = build_sam(arch)
+    pdec = PromptDecoder(sam)
+    L = sam.image_encoder.img_size
+    res = L // 2
+    imgs, objs, raw = fixed_scenes(args.scenes, L, args.min_area)
+    print(f"{args.scenes} scenes, {len(objs)} objects (area >= {args.min_area})", flush=True)
+    opt = torch.optim.AdamW(sam.parameters(), lr=args.lr, weight_decay=0.1)
+    sam.train()
+    t0 = time.time()
+    for step in range(1, args.steps + 1):
+        si = np.random.choice(args.scenes, size=min(args.batch, args.scenes), replace=False)
+        emb = sam.image_encoder(imgs[torch.from_numpy(si)])
+        remap = {int(s): j for j, s in enumerate(si)}
+        cand = [i for i, o in enumerate(objs) if o["scene"] in remap]
+        idx = list(np.random.choice(cand, size=min(args.prompts, len(cand)), replace=False))
+        sub = [dict(objs[i], scene=remap[objs[i]["scene"]]) for i in idx]
+        tgt = targets(sub, range(len(sub)), res)
+        loss = 0.0
+        for kind in ("box", "point"):
+            up, iou_p = forward(sam, pdec, emb, sub, range(len(sub)), kind, res)
+            sel = slice(0, 1) if kind == "box" else slice(1, 4)
+            lg = up[:, sel]
+            losses = T.mask_losses(lg, tgt[:, None].float().expand_as(lg))
+            with torch.no_grad():
+                actual = T.binary_iou(lg > 0, tgt[:, None])
+            best = losses.argmin(1)
+            loss = loss + losses.gather(1, best[:, None]).mean() + F.mse_loss(iou_p[:, sel], actual)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
+        opt.step()
+        if step % args.eval_every == 0 or step == args.steps:
+            ev = evaluate(sam, pdec, imgs, objs, res)
+            print(f"step {step} ({time.time() - t0:.0f}s) loss {float(loss):.3f} box {float(ev['box'].mean()):.3f} "
+                  f"point oracle {float(ev['point_oracle'].mean()):.3f} top {float(ev['point_top'].mean()):.3f}",
+                  flush=True)
+    if args.sheet:
+        contact_sheet(args.sheet, raw, objs, ev["box_masks"], res, L)
+        print(f"wrote {args.sheet}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    o = sub.add_parser("overfit")
+    o.add_argument("--scenes", type=int, default=1)
+    o.add_argument("--steps", type=int, default=300)
+    o.add_argument("--batch", type=int, default=4, help="scenes encoded per step")
+    o.add_argument("--prompts", type=int, default=32, help="objects prompted per step")
+    o.add_argument("--lr", type=float, default=8e-4)
+    o.add_argument("--min-area", type=int, default=100)
+    o.add_argument("--eval-every", type=int, default=25)
+    o.add_argument("--arch", choices=sorted(ARCHES), default="default")
+    o.add_argument("--sheet", help="contact sheet PNG")
+    args = ap.parse_args(argv)
+    if args.cmd == "overfit":
+        overfit(args)
+
+
+if __name__ == "__main__":
+    main()
