@@ -137,6 +137,10 @@ def overfit(args):
     arch = ARCHES[args.arch]
     sam = build_sam(arch)
     pdec = PromptDecoder(sam)
+    if args.init:
+        sam.load_state_dict(torch.load(args.init, map_location="cpu"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     L = sam.image_encoder.img_size
     res = L // 2
     imgs, objs, raw = fixed_scenes(args.scenes, L, args.min_area)
@@ -168,7 +172,7 @@ def overfit(args):
         opt.step()
         if step % args.eval_every == 0 or step == args.steps:
             ev = evaluate(sam, pdec, imgs, objs, res)
-            print(f"step {step} ({time.time() - t0:.0f}s) loss {float(loss):.3f} box {float(ev['box'].mean()):.3f} "
+            print(f"step {step} ({time.time() - t0:.0f}s) loss {float(loss.detach()):.3f} box {float(ev['box'].mean()):.3f} "
                   f"point oracle {float(ev['point_oracle'].mean()):.3f} top {float(ev['point_top'].mean()):.3f}",
                   flush=True)
     if args.sheet:
@@ -189,6 +193,8 @@ def main(argv=None):
     o.add_argument("--eval-every", type=int, default=25)
     o.add_argument("--arch", choices=sorted(ARCHES), default="default")
     o.add_argument("--sheet", help="contact sheet PNG")
+    o.add_argument("--init", help="start from this state_dict instead of a random init")
+    o.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
     if args.cmd == "overfit":
         overfit(args)

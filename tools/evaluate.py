@@ -116,6 +116,7 @@ def error_click(pred: np.ndarray, gt: np.ndarray):
 def evaluate(model_dir, n_scenes, long_side, min_area, max_clicks, threads, log=print):
     m = OnnxSam(model_dir, threads)
     rec = {"point_top": [], "point_oracle": [], "box": [], "clicks": [[] for _ in range(max_clicks)]}
+    calib = []  # (predicted IoU, actual IoU) of every point mask (3 per click) and every box mask
     skipped = 0
     t0 = time.time()
     for i in range(n_scenes):
@@ -139,6 +140,7 @@ def evaluate(model_dir, n_scenes, long_side, min_area, max_clicks, threads, log=
         preds = []
         for b, g in enumerate(gts):
             ious = [iou(masks[b, k] > 0, g) for k in (1, 2, 3)]
+            calib += [(float(iou_p[b, k]), ious[k - 1]) for k in (1, 2, 3)]
             rec["point_top"].append(ious[top[b] - 1])
             rec["point_oracle"].append(max(ious))
             rec["clicks"][0].append(ious[top[b] - 1])
@@ -148,8 +150,9 @@ def evaluate(model_dir, n_scenes, long_side, min_area, max_clicks, threads, log=
         for g in gts:
             ys, xs = np.nonzero(g)
             boxes.append([[xs.min(), ys.min(), 2], [xs.max() + 1, ys.max() + 1, 3]])
-        bm, _, _ = m.decode(np.array(boxes, np.float32))
+        bm, biou, _ = m.decode(np.array(boxes, np.float32))
         rec["box"] += [iou(bm[b, 0] > 0, g) for b, g in enumerate(gts)]
+        calib += [(float(biou[b, 0]), rec["box"][-B + b]) for b in range(B)]
         clicks = centres[:, None].copy()
         for c in range(1, max_clicks):
             new = np.array([error_click(p, g) for p, g in zip(preds, gts)], np.float32)
@@ -167,13 +170,79 @@ def evaluate(model_dir, n_scenes, long_side, min_area, max_clicks, threads, log=
         "box_miou": float(np.mean(rec["box"])),
         "clicks_miou": [float(np.mean(c)) for c in rec["clicks"]],
         "point_top_frac_iou_ge_0.8": float(np.mean(np.array(rec["point_top"]) >= 0.8)),
+        "calibration": calibration_summary(calib),
     }
+    summary["_calibration_pairs"] = calib
     return summary
+
+
+def calibration_summary(pairs):
+    """How well the IoU head predicts the real IoU (what segment-everything filters on)."""
+    a = np.array(pairs, np.float64)
+    pred, act = a[:, 0], a[:, 1]
+    keep = pred >= 0.88
+    return {
+        "masks": int(len(a)),
+        "mean_abs_error": float(np.abs(pred - act).mean()),
+        "pearson_r": float(np.corrcoef(pred, act)[0, 1]) if len(a) > 1 else float("nan"),
+        "frac_pred_ge_0.88": float(keep.mean()),
+        "actual_iou_when_pred_ge_0.88": float(act[keep].mean()) if keep.any() else float("nan"),
+        "bins": [
+            {"pred_from": lo, "pred_to": lo + 0.1, "masks": int(((pred >= lo) & (pred < lo + 0.1)).sum()),
+             "mean_actual": float(act[(pred >= lo) & (pred < lo + 0.1)].mean())
+             if ((pred >= lo) & (pred < lo + 0.1)).any() else None}
+            for lo in np.round(np.arange(0.0, 1.0, 0.1), 1)
+        ],
+    }
+
+
+def calibration_plot(pairs, path, title):
+    """Scatter of predicted vs actual IoU, with the diagonal and per-bin means (PIL only)."""
+    from PIL import Image, ImageDraw
+
+    S, M = 420, 50
+    img = Image.new("RGB", (S + 2 * M, S + 2 * M), "white")
+    d = ImageDraw.Draw(img)
+
+    def xy(p, a):
+        return M + p * S, M + (1 - a) * S
+
+    d.rectangle([M, M, M + S, M + S], outline=(0, 0, 0))
+    for t in np.arange(0, 1.01, 0.2):
+        x, _ = xy(t, 0)
+        _, y = xy(0, t)
+        d.line([x, M + S, x, M + S + 5], fill=(0, 0, 0))
+        d.text((x - 8, M + S + 8), f"{t:.1f}", fill=(0, 0, 0))
+        d.line([M - 5, y, M, y], fill=(0, 0, 0))
+        d.text((M - 30, y - 5), f"{t:.1f}", fill=(0, 0, 0))
+    d.line([*xy(0, 0), *xy(1, 1)], fill=(160, 160, 160), width=1)
+    x88, _ = xy(0.88, 0)
+    d.line([x88, M, x88, M + S], fill=(200, 120, 120), width=1)
+    for p, a in pairs:
+        x, y = xy(min(max(p, 0), 1), a)
+        d.point((x, y), fill=(60, 90, 200))
+    a = np.array(pairs)
+    prev = None
+    for lo in np.arange(0, 1, 0.1):
+        sel = (a[:, 0] >= lo) & (a[:, 0] < lo + 0.1)
+        if sel.sum() >= 5:
+            pt = xy(lo + 0.05, a[sel, 1].mean())
+            d.ellipse([pt[0] - 4, pt[1] - 4, pt[0] + 4, pt[1] + 4], fill=(220, 60, 40))
+            if prev:
+                d.line([*prev, *pt], fill=(220, 60, 40), width=2)
+            prev = pt
+    d.text((M, 15), title, fill=(0, 0, 0))
+    d.text((M + S // 2 - 40, M + S + 28), "predicted IoU", fill=(0, 0, 0))
+    d.text((5, M - 20), "actual IoU", fill=(0, 0, 0))
+    img.save(path)
 
 
 def write_card(path, model_dir, summary, cmd, args):
     man = json.load(open(os.path.join(model_dir, "manifest.json")))
     s = summary
+    # The training history and diagnostics are written by hand beside the card.
+    notes_path = os.path.join(model_dir, "TRAINING.md")
+    training_note = open(notes_path).read().strip() if os.path.exists(notes_path) else TRAINING_NOTE
     clicks = " | ".join(f"{v:.3f}" for v in s["clicks_miou"])
     head = " | ".join(str(i + 1) for i in range(len(s["clicks_miou"])))
     targets = [
@@ -202,7 +271,7 @@ with the paper's interactive recipe (first point or jittered box, 4 error-region
 2 mask-only passes instead of 8 + 2, focal:dice 20:1, IoU-head MSE, min-over-3 for a single
 point, AdamW wd 0.1, warm-up + step decay). See MODEL_CARD's "training run" below.
 
-{TRAINING_NOTE}
+{training_note}
 
 ## Held-out evaluation
 
@@ -223,6 +292,8 @@ previous logits fed back):
 
 Fraction of objects whose top-ranked centre-click mask has IoU >= 0.8: {s['point_top_frac_iou_ge_0.8']:.3f}.
 
+{calibration_section(s["calibration"])}
+{amg_section(args.amg_json)}
 Reproduce:
 
 ```sh
@@ -236,6 +307,40 @@ Reproduce:
 TRAINING_NOTE = os.environ.get("SAMSERVE_TRAINING_NOTE", "")
 
 
+def calibration_section(c):
+    bins = "\n".join(
+        f"| {b['pred_from']:.1f}-{b['pred_to']:.1f} | {b['masks']} | "
+        f"{'-' if b['mean_actual'] is None else format(b['mean_actual'], '.3f')} |"
+        for b in c["bins"] if b["masks"]
+    )
+    return f"""## IoU head calibration
+
+Predicted vs actual IoU of every centre-click mask (3 per object) and every box mask
+({c['masks']} masks): mean absolute error {c['mean_abs_error']:.3f}, Pearson r {c['pearson_r']:.3f}.
+{c['frac_pred_ge_0.88']:.1%} of the masks are predicted at >= 0.88 (segment-everything's default
+`pred_iou_thresh`); their mean actual IoU is {c['actual_iou_when_pred_ge_0.88']:.3f}.
+
+![calibration](calibration.png)
+
+| predicted IoU | masks | mean actual IoU |
+| --- | --- | --- |
+{bins}
+"""
+
+
+def amg_section(path):
+    if not path or not os.path.exists(path):
+        return ""
+    a = json.load(open(path))
+    return f"""## Segment everything (reference defaults)
+
+`tools/evaluate_amg.py` (the reference `SamAutomaticMaskGenerator`, 32 x 32 points,
+pred_iou_thresh {a['params']['pred_iou_thresh']}, stability_score_thresh {a['params']['stability_score_thresh']}) on
+{len(a['scenes'])} held-out scenes: {a['masks']} masks; {a['found']} of {a['objects']} objects found at IoU >=
+{a['iou_threshold']}: recall **{a['recall']:.3f}** (target 0.70).
+"""
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="models/sam-tiny")
@@ -246,8 +351,15 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", help="write the summary here")
     ap.add_argument("--card", help="write a MODEL_CARD.md here")
+    ap.add_argument("--calibration-png", help="write the predicted-vs-actual IoU plot here")
+    ap.add_argument("--amg-json", help="evaluate_amg.py --json output to quote in the card")
     args = ap.parse_args(argv)
     s = evaluate(args.model, args.scenes, args.long_side, args.min_area, args.clicks, args.threads)
+    pairs = s.pop("_calibration_pairs")
+    if args.calibration_png:
+        calibration_plot(pairs, args.calibration_png,
+                         f"{os.path.basename(os.path.normpath(args.model))}: IoU head on {args.scenes} held-out scenes "
+                         f"({len(pairs)} masks)")
     print(json.dumps(s, indent=2))
     if args.json:
         json.dump(s, open(args.json, "w"), indent=2)

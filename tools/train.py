@@ -171,7 +171,13 @@ def sample_error_points(pred, target, valid, scale):
 
 def run_prompts(sam, pdec, emb, dense_pe, target, valid, first, has_box, args, stats):
     """All passes for one group of prompts (all with a box, or all without).
-    first: [P, 2] points or [P, 4] boxes. Returns the summed loss."""
+    first: [P, 2] points or [P, 4] boxes. Returns the loss (mean over passes).
+
+    Every prompt takes the first pass; only the first ceil(--interactive-frac * P) of
+    them (the targets are drawn at random, so that is a random subset) go on through
+    the interactive passes. On a CPU the decoder passes are most of a step's cost, and
+    a first pass over a new object teaches the encoder more than a fifth click on an
+    object it has already seen."""
     P = first.shape[0]
     dev = emb.device
     L = sam.image_encoder.img_size
@@ -191,14 +197,24 @@ def run_prompts(sam, pdec, emb, dense_pe, target, valid, first, has_box, args, s
         clicks = torch.cat([first, torch.ones(P, 1, device=dev)], 1)[:, None]
     n = args.clicks
     kinds = ["first"] + ["click"] * n
-    kinds.insert(random.randint(1, n + 1), "mask")
-    kinds.append("mask")
+    if n > 0:
+        kinds.insert(random.randint(1, n + 1), "mask")
+        kinds.append("mask")
+    n_int = min(P, math.ceil(args.interactive_frac * P))
     mask_in = torch.zeros(P, 1, 4 * emb.shape[-2], 4 * emb.shape[-1], device=dev)
     has = torch.zeros(P, device=dev)
     total = 0.0
+    passes = 0
     prev = None
     tgt_f = target.float()[:, None]
     for it, kind in enumerate(kinds):
+        if it == 1:
+            # Only the interactive subset goes on.
+            if n_int == 0:
+                break
+            emb, target, valid, tgt_f = emb[:n_int], target[:n_int], valid[:n_int], tgt_f[:n_int]
+            clicks, tail, mask_in, has, prev = clicks[:n_int], tail[:n_int], mask_in[:n_int], has[:n_int], prev[:n_int]
+            P = n_int
         if kind == "click":
             pt = sample_error_points(prev, target, valid, scale)
             clicks = torch.cat([clicks, pt[:, None]], 1)
@@ -217,6 +233,7 @@ def run_prompts(sam, pdec, emb, dense_pe, target, valid, first, has_box, args, s
         loss = losses.gather(1, best[:, None]).mean()
         loss = loss + F.mse_loss(iou_pred[:, sel_tok].float(), actual)
         total = total + loss
+        passes += 1
         with torch.no_grad():
             ar = torch.arange(P, device=dev)
             chosen = best + sel_tok.start
@@ -231,7 +248,7 @@ def run_prompts(sam, pdec, emb, dense_pe, target, valid, first, has_box, args, s
                     stats.setdefault("point_top", []).append(float(actual[ar, top].mean()))
             if it == len(kinds) - 1:
                 stats.setdefault("last", []).append(float(actual[:, 0].mean()))
-    return total / len(kinds)
+    return total / passes
 
 
 # ---------------------------------------------------------------------------
@@ -239,9 +256,12 @@ def run_prompts(sam, pdec, emb, dense_pe, target, valid, first, has_box, args, s
 # ---------------------------------------------------------------------------
 
 
-def lr_factor(frac: float, warm: float) -> float:
+def lr_factor(frac: float, warm: float, schedule: str = "step") -> float:
     if frac < warm:
         return (frac + 1e-3) / warm
+    if schedule == "cosine":
+        t = min(1.0, (frac - warm) / max(1e-6, 1.0 - warm))
+        return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * t))
     if frac < 0.7:
         return 1.0
     if frac < 0.9:
@@ -274,8 +294,12 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--minutes", type=float, default=30.0, help="total training budget, across resumes")
     ap.add_argument("--batch", type=int, default=4, help="scenes per step")
-    ap.add_argument("--targets", type=int, default=8, help="objects prompted per scene")
-    ap.add_argument("--clicks", type=int, default=4, help="iterative error-region clicks (paper: 8)")
+    ap.add_argument("--targets", type=int, default=24, help="objects prompted per scene (first pass)")
+    ap.add_argument("--clicks", type=int, default=2, help="iterative error-region clicks (paper: 8)")
+    ap.add_argument("--interactive-frac", type=float, default=0.34,
+                    help="fraction of the prompts that go on through the click and mask-only passes")
+    ap.add_argument("--schedule", choices=["step", "cosine"], default="cosine")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--lr", type=float, default=8e-4)
     ap.add_argument("--warmup", type=float, default=0.03, help="fraction of the budget")
     ap.add_argument("--workers", type=int, default=1)
@@ -289,6 +313,8 @@ def main(argv=None):
     arch = ARCHES[args.arch]
 
     dev = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     state_path = os.path.join(args.out, "train_state.pt")
     torch.manual_seed(0)
@@ -339,10 +365,13 @@ def main(argv=None):
     t_start = time.time()
     e_start = elapsed
     it = iter(dl)
+    timing = {"data": 0.0, "forward": 0.0, "backward": 0.0}
     while elapsed < budget:
+        t0 = time.time()
         batch = next(it)
+        t1 = time.time()
         for g in opt.param_groups:
-            g["lr"] = args.lr * lr_factor(elapsed / budget, args.warmup)
+            g["lr"] = args.lr * lr_factor(elapsed / budget, args.warmup, args.schedule)
         img = batch["image"].to(dev, non_blocking=True).permute(0, 3, 1, 2).float()
         hw = batch["hw"].to(dev)
         N = img.shape[0]
@@ -370,21 +399,31 @@ def main(argv=None):
                 first = boxes[sel] if has_box else pts[sel]
                 lg = run_prompts(sam, pdec, emb_p[sel], dense_pe, target[sel], valid[sel], first, has_box, args, stats)
                 loss = loss + lg * float(sel.float().mean())
+        t2 = time.time()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
         opt.step()
+        t3 = time.time()
+        timing["data"] += t1 - t0
+        timing["forward"] += t2 - t1
+        timing["backward"] += t3 - t2
         step += 1
         elapsed = e_start + (time.time() - t_start)
         if step % args.log_every == 0:
             s = {k: np.mean(v) for k, v in stats.items()}
+            tot = sum(timing.values())
             print(
                 f"step {step} {elapsed / 60:.1f}/{args.minutes:.1f} min lr {opt.param_groups[0]['lr']:.1e} "
                 f"loss {float(loss.detach()):.3f} IoU: point oracle {s.get('point', 0):.3f} top {s.get('point_top', 0):.3f} "
-                f"box {s.get('box', 0):.3f} last pass {s.get('last', 0):.3f}",
+                f"box {s.get('box', 0):.3f} last pass {s.get('last', 0):.3f} | "
+                f"{args.log_every / tot:.3f} steps/s, {args.log_every * args.batch * args.targets / tot:.1f} prompts/s "
+                f"(data {timing['data'] / tot:.0%}, forward {timing['forward'] / tot:.0%}, "
+                f"backward+step {timing['backward'] / tot:.0%})",
                 flush=True,
             )
             stats = {}
+            timing = {k: 0.0 for k in timing}
         if time.time() - t_last_save > args.save_every:
             save()
             t_last_save = time.time()
