@@ -161,7 +161,7 @@ def overfit(args):
             up, iou_p = forward(sam, pdec, emb, sub, range(len(sub)), kind, res)
             sel = slice(0, 1) if kind == "box" else slice(1, 4)
             lg = up[:, sel]
-            losses = T.mask_losses(lg, tgt[:, None].float().expand_as(lg))
+            losses = T.mask_losses(lg, tgt[:, None].float().expand_as(lg), args.focal_alpha)
             with torch.no_grad():
                 actual = T.binary_iou(lg > 0, tgt[:, None])
             best = losses.argmin(1)
@@ -195,6 +195,7 @@ def main(argv=None):
     o.add_argument("--sheet", help="contact sheet PNG")
     o.add_argument("--init", help="start from this state_dict instead of a random init")
     o.add_argument("--threads", type=int, default=0)
+    o.add_argument("--focal-alpha", type=float, default=0.25)
     args = ap.parse_args(argv)
     if args.cmd == "overfit":
         overfit(args)

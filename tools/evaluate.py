@@ -267,9 +267,10 @@ low-res masks {man['input_size'] // 4} x {man['input_size'] // 4}. Hyper-paramet
 ## Training
 
 `tools/train.py` on procedurally generated scenes (`tools/data_engine`, seeds < 1,000,000)
-with the paper's interactive recipe (first point or jittered box, 4 error-region clicks +
-2 mask-only passes instead of 8 + 2, focal:dice 20:1, IoU-head MSE, min-over-3 for a single
-point, AdamW wd 0.1, warm-up + step decay). See MODEL_CARD's "training run" below.
+with the paper's interactive recipe, scaled down (first prompt a random foreground point or a
+jittered box; error-region clicks and mask-only passes with the previous logits fed back;
+focal:dice 20:1, IoU-head MSE, min-over-3 for a single point; AdamW, weight decay 0.1). The
+runs behind this checkpoint and the diagnostics are below.
 
 {training_note}
 
