@@ -101,6 +101,20 @@ fn redis_ping(port: u16) -> bool {
             .unwrap_or(false)
 }
 
+/// Sends one command to Redis and returns its raw RESP answer (enough for SET and KEYS).
+fn redis_cmd(port: u16, args: &[&str]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = s.read(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
 fn start_redis(exe: &Path, port: u16, dir: &Path, n: usize) -> Proc {
     let mut p = Proc::spawn(
         "redis-server",
@@ -477,6 +491,45 @@ async fn cluster_of_three_behind_nginx_with_a_shared_store() {
         println!("(c) round {round}: encoder runs per replica {d:?}");
         assert_eq!(sum(&d), 1.0, "two replicas raced on one image: {d:?}");
     }
+
+    // (c') A lock whose holder died (set here by hand, as a crashed replica leaves it):
+    // the upload still succeeds, encoded once, after the lock expires.
+    let keys = redis_cmd(redis_port, &["KEYS", "samserve:emb:*"]);
+    let value_key = keys
+        .lines()
+        .find(|l| l.starts_with("samserve:emb:"))
+        .expect("stored embeddings")
+        .to_string();
+    // samserve:emb:v1:{model}:{fingerprint}:{id} -> samserve:lock:{model}:{fingerprint}:{id}
+    let parts: Vec<&str> = value_key.split(':').collect();
+    let img_d = common::synthetic_png(344, 258, 777);
+    let id_d = samserve::core::engine::image_id_of(&img_d);
+    let lock_key = format!("samserve:lock:{}:{}:{id_d}", parts[3], parts[4]);
+    let set = redis_cmd(redis_port, &["SET", &lock_key, "dead-holder", "PX", "3000"]);
+    assert!(set.starts_with("+OK"), "{set}");
+    let before = metric_each(&client, &b, "samserve_encoder_runs_total", "").await;
+    let waits_before =
+        metric_each(&client, &b, "samserve_embedding_store_lock_waits_total", "").await;
+    let t = Instant::now();
+    let (st, body) = put(&client, b[1], &img_d).await;
+    assert_eq!(st, 200, "{body}");
+    let d = delta(
+        &metric_each(&client, &b, "samserve_encoder_runs_total", "").await,
+        &before,
+    );
+    let waits = metric(
+        &client,
+        b[1],
+        "samserve_embedding_store_lock_waits_total",
+        "outcome=\"holder_gone\"",
+    )
+    .await;
+    println!(
+        "(c') dead lock holder: upload took {:?}, encoder runs {d:?}, replica 1 holder_gone waits {waits} (lock waits per replica before: {:?})",
+        t.elapsed(),
+        waits_before
+    );
+    assert_eq!(d, vec![0.0, 1.0, 0.0]);
 
     // (d) SIGKILL one replica under a bounded load through nginx.
     let victim = owner[0];
