@@ -77,7 +77,7 @@ pub struct StoreMetrics {
     pub bytes_total: IntCounterVec,
     /// Store operation latency, by op.
     pub seconds: HistogramVec,
-    /// Waits on another replica's encode lock, by outcome (`hit`, `encoded`).
+    /// Waits on another replica's encode lock, by outcome (`hit`, `holder_gone`, `timeout`).
     pub lock_waits_total: IntCounterVec,
 }
 

@@ -85,6 +85,9 @@ pub enum Claim {
     Encode(Option<EncodeLock>),
 }
 
+/// The store did not answer (down, slow, or skipped during the back-off).
+struct Unavailable;
+
 /// The encode lock of one image, held by this replica.
 pub struct EncodeLock {
     key: String,
@@ -208,21 +211,29 @@ impl SharedStore {
         }
     }
 
-    async fn read(&self, tag: &ModelTag, key: &str) -> Option<Embedding> {
-        let bytes = self.call("get", self.backend.get(key)).await.flatten()?;
+    /// `Err` when the store could not answer; `Ok(None)` when it holds no usable value.
+    async fn read(&self, tag: &ModelTag, key: &str) -> Result<Option<Embedding>, Unavailable> {
+        let Some(bytes) = self
+            .call("get", self.backend.get(key))
+            .await
+            .ok_or(Unavailable)?
+        else {
+            return Ok(None);
+        };
         self.metrics
             .bytes_total
             .with_label_values(&["read"])
             .inc_by(bytes.len() as u64);
         match codec::decode(tag, &bytes) {
-            Ok(e) => Some(e),
+            Ok(e) => Ok(Some(e)),
             Err(why) => {
+                // Counted, then treated as absent: the next encode overwrites it.
                 self.metrics
                     .errors_total
                     .with_label_values(&["decode"])
                     .inc();
                 tracing::warn!(key, why, "ignoring an unusable embedding store value");
-                None
+                Ok(None)
             }
         }
     }
@@ -238,7 +249,7 @@ impl SharedStore {
 
     /// Reads an embedding (no lock): for prompts on an image this replica has not seen.
     pub async fn fetch(&self, tag: &ModelTag, image_id: &str) -> Option<Embedding> {
-        let found = self.read(tag, &Self::value_key(tag, image_id)).await;
+        let found = self.read(tag, &Self::value_key(tag, image_id)).await.ok()?;
         self.count(tag, found.is_some());
         found
     }
@@ -247,11 +258,14 @@ impl SharedStore {
     /// the encode lock, waits for its value up to the lock's lifetime.
     pub async fn fetch_or_claim(&self, tag: &ModelTag, image_id: &str) -> Claim {
         let key = Self::value_key(tag, image_id);
-        if let Some(e) = self.read(tag, &key).await {
-            self.count(tag, true);
-            return Claim::Hit(e);
+        match self.read(tag, &key).await {
+            Err(Unavailable) => return Claim::Encode(None),
+            Ok(Some(e)) => {
+                self.count(tag, true);
+                return Claim::Hit(e);
+            }
+            Ok(None) => self.count(tag, false),
         }
-        self.count(tag, false);
         let lock_key = Self::lock_key(tag, image_id);
         let token = format!(
             "{}-{}-{}",
@@ -275,7 +289,7 @@ impl SharedStore {
                 None => return Claim::Encode(None),
                 Some(true) => {
                     // The holder may have written and unlocked between our read and lock.
-                    if let Some(e) = self.read(tag, &key).await {
+                    if let Ok(Some(e)) = self.read(tag, &key).await {
                         self.unlock(&lock_key, &token).await;
                         return Claim::Hit(e);
                     }
@@ -299,12 +313,16 @@ impl SharedStore {
                 }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(POLL_MAX);
-                if let Some(e) = self.read(tag, &key).await {
-                    self.metrics
-                        .lock_waits_total
-                        .with_label_values(&["hit"])
-                        .inc();
-                    return Claim::Hit(e);
+                match self.read(tag, &key).await {
+                    Err(Unavailable) => return Claim::Encode(None),
+                    Ok(Some(e)) => {
+                        self.metrics
+                            .lock_waits_total
+                            .with_label_values(&["hit"])
+                            .inc();
+                        return Claim::Hit(e);
+                    }
+                    Ok(None) => {}
                 }
                 match self.call("exists", self.backend.exists(&lock_key)).await {
                     None => return Claim::Encode(None),
