@@ -63,4 +63,36 @@ clean:
 	$(CARGO) clean
 	rm -rf $(ORT_DIR)
 
+# --- Deployment (docker/) ---------------------------------------------------------------
+# `make test` also: installs redis-server and nginx for tests/cluster.rs (Debian packages,
+# when missing), checks that the `cuda` feature still compiles (no GPU needed), and
+# validates the Kubernetes manifests offline against the bundled Kubernetes schemas of
+# the PyPI package kubernetes-validate.
+K8S_VENV             := target/k8s-venv
+K8S_VALIDATE_VERSION ?= 1.37.0
+K8S_VERSION          ?= 1.37.0
+
+.PHONY: cluster-deps cuda-check k8s-validate
+
+test: cluster-deps cuda-check k8s-validate
+
+cluster-deps:
+	@if [ "$$SAMSERVE_SKIP_CLUSTER_TEST" = 1 ]; then exit 0; fi; \
+	PATH="$$PATH:/usr/sbin:/sbin"; \
+	if ! command -v redis-server >/dev/null || ! command -v nginx >/dev/null; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server nginx; \
+	fi
+
+cuda-check: $(ORT_LIB)
+	$(CARGO) check --release --features cuda --bin samserve
+
+k8s-validate: $(K8S_VENV)/.installed
+	$(K8S_VENV)/bin/kubernetes-validate --strict --quiet -k $(K8S_VERSION) \
+		docker/k8s/*.yaml docker/k8s/*/*.yaml
+
+$(K8S_VENV)/.installed:
+	$(PYTHON) -m venv $(K8S_VENV)
+	$(K8S_VENV)/bin/pip install --quiet kubernetes-validate==$(K8S_VALIDATE_VERSION)
+	touch $@
+
 -include tools/Makefile.tools

@@ -135,9 +135,76 @@ pub struct Config {
     #[arg(long, env = "SAMSERVE_REQUIRE_GPU", default_value_t = false)]
     pub require_gpu: bool,
 
+    /// Shared embedding store behind the local cache, e.g. `redis://HOST:6379/0` (off when
+    /// unset). Replicas pointing at one store encode each image once between them.
+    #[arg(long, env = "SAMSERVE_EMBEDDING_STORE")]
+    pub embedding_store: Option<StoreUrl>,
+
+    /// Seconds an embedding lives in the shared store (0 = no expiry).
+    #[arg(
+        long,
+        env = "SAMSERVE_EMBEDDING_STORE_TTL_SECS",
+        default_value_t = 86_400
+    )]
+    pub embedding_store_ttl_secs: u64,
+
+    /// Per-operation timeout of the shared store in milliseconds (connect included); past
+    /// it the store counts as down and requests are served from the local cache and encoder.
+    #[arg(
+        long,
+        env = "SAMSERVE_EMBEDDING_STORE_TIMEOUT_MS",
+        default_value_t = 500
+    )]
+    pub embedding_store_timeout_ms: u64,
+
+    /// Milliseconds a replica holds the store's per-image encode lock; another replica
+    /// missing the same image waits at most this long for the embedding, then encodes it.
+    #[arg(
+        long,
+        env = "SAMSERVE_EMBEDDING_STORE_LOCK_MS",
+        default_value_t = 15_000
+    )]
+    pub embedding_store_lock_ms: u64,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "SAMSERVE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+}
+
+/// A store URL that never prints its password (the config is logged at start).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreUrl(pub String);
+
+impl std::str::FromStr for StoreUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.starts_with("redis://") || s.starts_with("rediss://") {
+            Ok(StoreUrl(s.to_string()))
+        } else {
+            Err(format!(
+                "expected redis://HOST:PORT/DB, got '{}'",
+                StoreUrl(s.to_string()).redacted()
+            ))
+        }
+    }
+}
+
+impl StoreUrl {
+    /// The URL with any `user:password@` part replaced by `***@`.
+    pub fn redacted(&self) -> String {
+        match (self.0.find("://"), self.0.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &self.0[..scheme + 3], &self.0[at..])
+            }
+            _ => self.0.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
 }
 
 impl Config {

@@ -60,6 +60,25 @@ pub struct Metrics {
     pub everything_points_total: IntCounterVec,
     /// Segment-everything runs in progress.
     pub everything_running: IntGauge,
+    /// Shared embedding store (`--embedding-store`) handles.
+    pub store: StoreMetrics,
+}
+
+/// Metrics of the shared embedding store.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    /// Embeddings found in the store after a local-cache miss, by model.
+    pub hits_total: IntCounterVec,
+    /// Store lookups that found nothing, by model.
+    pub misses_total: IntCounterVec,
+    /// Failed or skipped store operations (timeouts, connection errors, bad values), by op.
+    pub errors_total: IntCounterVec,
+    /// Bytes read from and written to the store, by direction (`read`, `write`).
+    pub bytes_total: IntCounterVec,
+    /// Store operation latency, by op.
+    pub seconds: HistogramVec,
+    /// Waits on another replica's encode lock, by outcome (`hit`, `holder_gone`, `timeout`).
+    pub lock_waits_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -144,7 +163,7 @@ impl Metrics {
             ),
             cache_misses_total: counter(
                 "samserve_cache_misses_total",
-                "Embedding cache misses (each one costs an encoder run).",
+                "Local embedding-cache misses (each one costs a shared-store read or an encoder run).",
                 &["model"],
             ),
             cache_entries: gauge(
@@ -206,6 +225,38 @@ impl Metrics {
                 "samserve_everything_running",
                 "Segment-everything runs in progress.",
             ),
+            store: StoreMetrics {
+                hits_total: counter(
+                    "samserve_embedding_store_hits_total",
+                    "Embeddings read from the shared store after a local-cache miss.",
+                    &["model"],
+                ),
+                misses_total: counter(
+                    "samserve_embedding_store_misses_total",
+                    "Shared-store lookups that found no embedding.",
+                    &["model"],
+                ),
+                errors_total: counter(
+                    "samserve_embedding_store_errors_total",
+                    "Shared-store operations that failed, timed out or were skipped while the store was down, by op.",
+                    &["op"],
+                ),
+                bytes_total: counter(
+                    "samserve_embedding_store_bytes_total",
+                    "Bytes read from or written to the shared store.",
+                    &["direction"],
+                ),
+                seconds: histogram(
+                    "samserve_embedding_store_seconds",
+                    "Shared-store operation latency, by op.",
+                    &["op"],
+                ),
+                lock_waits_total: counter(
+                    "samserve_embedding_store_lock_waits_total",
+                    "Waits on another replica encoding the same image, by outcome.",
+                    &["outcome"],
+                ),
+            },
             registry,
         }
     }

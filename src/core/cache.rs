@@ -73,6 +73,22 @@ impl EmbeddingCache {
         })
     }
 
+    /// The cached embedding, or the one `fetch` finds (then cached), once for all
+    /// concurrent callers of the same key.
+    pub async fn get_or_fetch<F>(&self, key: ImageKey, fetch: F) -> Option<Arc<Embedding>>
+    where
+        F: Future<Output = Option<Embedding>>,
+    {
+        if let Some(embedding) = self.inner.get(&key).await {
+            return Some(embedding);
+        }
+        self.inner
+            .entry(key)
+            .or_optionally_insert_with(async { fetch.await.map(Arc::new) })
+            .await
+            .map(|e| e.into_value())
+    }
+
     /// The cached embedding, if any.
     pub async fn get(&self, key: &ImageKey) -> Option<Arc<Embedding>> {
         self.inner.get(key).await

@@ -12,6 +12,7 @@ use super::cache::{EmbeddingCache, ImageKey};
 use super::mask_store::MaskStore;
 use super::masks::{self, BinaryMask};
 use super::prompts::{prepare_prompts, Prompt, PromptLimits};
+use super::store::{Claim, ModelTag, SharedStore};
 use super::workers::{chunks_owned, BatchPolicy, WorkerQueue};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
@@ -174,6 +175,8 @@ pub struct ModelHandle {
     /// Prompts per decoder job when a request's prompts are spread over several decoder
     /// workers (`usize::MAX` with one worker: one job per request).
     decoder_split: usize,
+    /// Identity of this model's embeddings in the shared store.
+    store_tag: ModelTag,
 }
 
 impl ModelHandle {
@@ -297,6 +300,8 @@ pub struct Engine {
     models: BTreeMap<String, ModelHandle>,
     default_model: String,
     pub(crate) cache: EmbeddingCache,
+    /// Second cache level shared by replicas (`--embedding-store`).
+    store: Option<Arc<SharedStore>>,
     /// Uploaded files by image id, for work that needs the pixels again (crops).
     originals: moka::future::Cache<Arc<str>, Bytes>,
     mask_store: MaskStore,
@@ -395,6 +400,7 @@ impl Engine {
                 load_ms = started.elapsed().as_millis() as u64,
                 "model loaded"
             );
+            let store_tag = super::store::model_tag(&spec, &f.encoder);
             models.insert(
                 spec.name.clone(),
                 ModelHandle {
@@ -407,6 +413,7 @@ impl Engine {
                     } else {
                         usize::MAX
                     },
+                    store_tag,
                 },
             );
         }
@@ -421,6 +428,7 @@ impl Engine {
             models,
             default_model,
             cache: EmbeddingCache::new(config.cache_bytes, idle),
+            store: SharedStore::from_config(config, &metrics.store)?.map(Arc::new),
             originals: {
                 let mut b = moka::future::Cache::builder()
                     .max_capacity(config.image_store_bytes)
@@ -504,30 +512,54 @@ impl Engine {
         let max_pixels = self.max_image_pixels;
         let encoder = handle.encoder.clone();
         let model_name = handle.name.clone();
+        let store = self.store.clone();
+        let tag = handle.store_tag.clone();
+        let store_id = image_id.clone();
+        let from_store = Arc::new(AtomicBool::new(false));
+        let found_in_store = from_store.clone();
         let lookup = self
             .cache
             .get_or_compute(key, async move {
-                let prepared = tokio::task::spawn_blocking(move || {
-                    let t = Instant::now();
-                    let decoded = decode_image(&bytes, max_pixels)?;
-                    metrics
-                        .image_decode_seconds
-                        .with_label_values(&[decoded.format])
-                        .observe(t.elapsed().as_secs_f64());
-                    let t = Instant::now();
-                    let prepared = prepare(&decoded.rgb, &spec);
-                    metrics
-                        .preprocess_seconds
-                        .with_label_values(&[&spec.name])
-                        .observe(t.elapsed().as_secs_f64());
-                    Ok::<_, ApiError>(prepared)
-                })
-                .await
-                .map_err(ApiError::internal)??;
-                encoder.call(prepared, 1).await
+                // Local miss: the shared store next, and one encoder run across replicas.
+                let lock = match &store {
+                    Some(s) => match s.fetch_or_claim(&tag, &store_id).await {
+                        Claim::Hit(e) => {
+                            found_in_store.store(true, Ordering::Relaxed);
+                            return Ok(e);
+                        }
+                        Claim::Encode(lock) => lock,
+                    },
+                    None => None,
+                };
+                let encoded = async {
+                    let prepared = tokio::task::spawn_blocking(move || {
+                        let t = Instant::now();
+                        let decoded = decode_image(&bytes, max_pixels)?;
+                        metrics
+                            .image_decode_seconds
+                            .with_label_values(&[decoded.format])
+                            .observe(t.elapsed().as_secs_f64());
+                        let t = Instant::now();
+                        let prepared = prepare(&decoded.rgb, &spec);
+                        metrics
+                            .preprocess_seconds
+                            .with_label_values(&[&spec.name])
+                            .observe(t.elapsed().as_secs_f64());
+                        Ok::<_, ApiError>(prepared)
+                    })
+                    .await
+                    .map_err(ApiError::internal)??;
+                    encoder.call(prepared, 1).await
+                }
+                .await;
+                if let Some(s) = &store {
+                    s.finish(&tag, &store_id, encoded.as_ref().ok(), lock).await;
+                }
+                encoded
             })
             .await;
-        let lookup = lookup?;
+        let mut lookup = lookup?;
+        lookup.cached |= from_store.load(Ordering::Relaxed);
         self.originals.insert(original.0, original.1).await;
         let counter = if lookup.cached {
             &self.metrics.cache_hits_total
@@ -559,13 +591,21 @@ impl Engine {
     ) -> ApiResult<Arc<Embedding>> {
         validate_image_id(image_id)?;
         let handle = self.model(model)?;
-        self.cache
-            .get(&Self::key(handle, image_id))
-            .await
-            .ok_or_else(|| ApiError::NotFound {
-                what: "image",
-                id: image_id.to_string(),
-            })
+        let key = Self::key(handle, image_id);
+        let found = match &self.store {
+            // An image uploaded through another replica: its embedding from the store.
+            Some(store) => {
+                let (tag, id) = (&handle.store_tag, image_id);
+                self.cache
+                    .get_or_fetch(key, async move { store.fetch(tag, id).await })
+                    .await
+            }
+            None => self.cache.get(&key).await,
+        };
+        found.ok_or_else(|| ApiError::NotFound {
+            what: "image",
+            id: image_id.to_string(),
+        })
     }
 
     /// The uploaded file of an image, while the image store holds it.
@@ -577,7 +617,10 @@ impl Engine {
     pub async fn remove(&self, model: Option<&str>, image_id: &str) -> ApiResult<()> {
         validate_image_id(image_id)?;
         let handle = self.model(model)?;
-        let removed = self.cache.remove(&Self::key(handle, image_id)).await;
+        let mut removed = self.cache.remove(&Self::key(handle, image_id)).await;
+        if let Some(store) = &self.store {
+            removed |= store.delete(&handle.store_tag, image_id).await;
+        }
         self.refresh_cache_gauges().await;
         if removed {
             Ok(())
