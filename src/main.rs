@@ -2,11 +2,10 @@
 
 use std::sync::Arc;
 
-use std::future::IntoFuture;
-
 use clap::Parser;
 use samserve::config::Config;
 use samserve::core::engine::Engine;
+use samserve::http::serve::{serve, ServeOptions};
 use samserve::http::{router, AppState};
 use samserve::metrics::Metrics;
 
@@ -22,11 +21,13 @@ async fn main() -> anyhow::Result<()> {
     let addr = config.listen_addr()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "listening; /readyz answers 503 until the models are loaded");
-    let server = tokio::spawn(
-        axum::serve(listener, router(state.clone()))
-            .with_graceful_shutdown(shutdown_signal())
-            .into_future(),
-    );
+    let server = tokio::spawn(serve(
+        listener,
+        router(state.clone()),
+        ServeOptions::from_config(&config),
+        metrics.clone(),
+        shutdown_signal(),
+    ));
     // A model that fails to load stops the process: serving without it would hide the
     // misconfiguration behind 503s.
     let engine = {

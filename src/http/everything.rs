@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use utoipa::ToSchema;
 
-use super::body::{decode_base64_image, parse_json, read_limited, read_payload, Payload};
+use super::body::{decode_base64_image, parse_json, read_json_body, read_payload, Payload};
 use super::types::ModelQuery;
 use super::AppState;
 use crate::core::amg::{AmgMask, AmgParams, AmgProgress, AmgSummary};
@@ -196,7 +196,7 @@ pub async fn everything(
     req: Request,
 ) -> ApiResult<Response> {
     let ndjson = wants_ndjson(req.headers());
-    let body = read_limited(req.into_body(), state.max_body_bytes).await?;
+    let body = read_json_body(req, state.max_body_bytes).await?;
     let (request, _) = parse_request(&body, false)?;
     run(state, q.model, image_id, request, ndjson).await
 }

@@ -176,7 +176,7 @@ pub async fn segment(
     Query(q): Query<ModelQuery>,
     req: Request,
 ) -> ApiResult<Json<SegmentResponse>> {
-    let body = super::body::read_limited(req.into_body(), state.max_body_bytes).await?;
+    let body = super::body::read_json_body(req, state.max_body_bytes).await?;
     let r: SegmentRequest = parse_json(&body)?;
     run_segment(&state, q.model.as_deref(), image_id, true, r).await
 }

@@ -5,6 +5,7 @@ pub mod body;
 pub mod everything;
 pub mod images;
 pub mod openapi;
+pub mod serve;
 pub mod system;
 pub mod types;
 

@@ -29,9 +29,10 @@ pub fn config() -> Config {
 impl TestServer {
     /// Starts the real router with the real engine on 127.0.0.1 and an ephemeral port.
     pub async fn start(config: Config) -> TestServer {
+        let metrics = Arc::new(Metrics::new());
         let engine = {
-            let config = config.clone();
-            tokio::task::spawn_blocking(move || Engine::start(&config, Arc::new(Metrics::new())))
+            let (config, metrics) = (config.clone(), metrics.clone());
+            tokio::task::spawn_blocking(move || Engine::start(&config, metrics))
                 .await
                 .unwrap()
                 .expect("engine starts")
@@ -43,8 +44,11 @@ impl TestServer {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let opts = samserve::http::serve::ServeOptions::from_config(&config);
         let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
+            samserve::http::serve::serve(listener, app, opts, metrics, std::future::pending())
+                .await
+                .unwrap();
         });
         TestServer {
             base: format!("http://{addr}"),
