@@ -42,9 +42,10 @@ pub struct ExposureConfig {
     #[arg(long, env = "SAMSERVE_MAX_REQUESTS_PER_CLIENT", default_value_t = 0)]
     pub max_requests_per_client: usize,
 
-    /// File of API keys, one per line (`key` or `id:key`; `#` comments). When set, every
-    /// route except /healthz, /readyz (and /metrics unless --metrics-require-key) needs
-    /// `Authorization: Bearer KEY` or `X-API-Key: KEY`. Reloaded on SIGHUP.
+    /// File of API keys, one per line (`key`, `id:key` or `id:blake3:HEX`; `#` comments).
+    /// When set, every route except /healthz, /readyz, /openapi.json, /docs (and /metrics
+    /// unless --metrics-require-key) needs `Authorization: Bearer KEY` or `X-API-Key: KEY`.
+    /// Reloaded on SIGHUP.
     #[arg(long, env = "SAMSERVE_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
 

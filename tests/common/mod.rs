@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: a real server on a loopback port.
 #![allow(dead_code)]
 
+pub mod child;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -38,9 +40,12 @@ impl TestServer {
                 .expect("engine starts")
         };
         let app = router(
-            AppState::ready(engine, config.max_body_bytes).with_request_timeout(Some(
-                std::time::Duration::from_millis(config.request_timeout_ms),
-            )),
+            AppState::ready(engine, config.max_body_bytes)
+                .with_request_timeout(Some(std::time::Duration::from_millis(
+                    config.request_timeout_ms,
+                )))
+                .with_exposure(&config.exposure)
+                .expect("exposure flags"),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
