@@ -113,7 +113,10 @@ impl utoipa::Modify for Hardening {
 pub fn openapi_json() -> String {
     let mut s = ApiDoc::openapi()
         .to_pretty_json()
-        .expect("OpenAPI serializes");
+        .expect("OpenAPI serializes")
+        // utoipa 5 writes a Link's operation id in snake case; OpenAPI spells it operationId
+        // (operations' own ids are already `operationId`, so only links match).
+        .replace("\"operation_id\":", "\"operationId\":");
     s.push('\n');
     s
 }
