@@ -96,3 +96,10 @@ $(K8S_VENV)/.installed:
 	touch $@
 
 -include tools/Makefile.tools
+
+# Generated-input testing of the HTTP API (schemathesis from PyPI into target/fuzz-api/venv),
+# against the real server; see tools/fuzz_api/run.sh and the README's "Generated-input testing".
+.PHONY: fuzz-api
+fuzz-api: $(ORT_LIB)
+	$(CARGO) build --release --bin samserve
+	tools/fuzz_api/run.sh

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+pub mod exposure;
+
 /// Command-line and environment configuration of samserve.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -169,6 +171,10 @@ pub struct Config {
     /// Log format: `text` or `json`.
     #[arg(long, env = "SAMSERVE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+
+    /// Limits and access control for exposure beyond localhost.
+    #[command(flatten)]
+    pub exposure: exposure::ExposureConfig,
 }
 
 /// A store URL that never prints its password (the config is logged at start).

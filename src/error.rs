@@ -39,6 +39,15 @@ pub enum ApiError {
         reason: &'static str,
         retry_after_secs: u64,
     },
+    /// No valid API key was presented (401 with `WWW-Authenticate`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// This client already has its most requests in progress; retry after the given seconds.
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// The server has not finished loading its models.
     #[error("server is not ready")]
     NotReady,
@@ -61,6 +70,8 @@ pub enum ErrorKind {
     UnsupportedMediaType,
     InvalidPrompt,
     Overloaded,
+    Unauthorized,
+    TooManyRequests,
     NotReady,
     Timeout,
     Internal,
@@ -80,6 +91,8 @@ impl ErrorKind {
             }
             ErrorKind::InvalidPrompt => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_prompt"),
             ErrorKind::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+            ErrorKind::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ErrorKind::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             ErrorKind::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             ErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -99,6 +112,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => ErrorKind::UnsupportedMediaType,
             ApiError::InvalidPrompt(_) => ErrorKind::InvalidPrompt,
             ApiError::Overloaded { .. } => ErrorKind::Overloaded,
+            ApiError::Unauthorized(_) => ErrorKind::Unauthorized,
+            ApiError::TooManyRequests { .. } => ErrorKind::TooManyRequests,
             ApiError::NotReady => ErrorKind::NotReady,
             ApiError::Timeout => ErrorKind::Timeout,
             ApiError::Internal(_) => ErrorKind::Internal,
@@ -137,6 +152,9 @@ pub struct ErrorDetail {
     pub code: String,
     /// Human-readable explanation.
     pub message: String,
+    /// The request's id (the `X-Request-Id` response header), to find its log lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl IntoResponse for ApiError {
@@ -149,17 +167,29 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: code.to_string(),
                 message: self.public_message(),
+                request_id: None,
             },
         };
         let mut resp = (status, axum::Json(body)).into_response();
-        if let ApiError::Overloaded {
-            retry_after_secs, ..
-        } = self
-        {
-            resp.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(retry_after_secs.max(1)),
-            );
+        match self {
+            ApiError::Overloaded {
+                retry_after_secs, ..
+            }
+            | ApiError::TooManyRequests {
+                retry_after_secs, ..
+            } => {
+                resp.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs.max(1)),
+                );
+            }
+            ApiError::Unauthorized(_) => {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"samserve\""),
+                );
+            }
+            _ => {}
         }
         resp
     }

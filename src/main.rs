@@ -2,11 +2,10 @@
 
 use std::sync::Arc;
 
-use std::future::IntoFuture;
-
 use clap::Parser;
 use samserve::config::Config;
 use samserve::core::engine::Engine;
+use samserve::http::serve::{serve, ServeOptions};
 use samserve::http::{router, AppState};
 use samserve::metrics::Metrics;
 
@@ -16,17 +15,24 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(&config.log_format);
     tracing::info!(?config, "starting samserve");
     let metrics = Arc::new(Metrics::new());
-    let state = AppState::loading(metrics.clone(), config.max_body_bytes).with_request_timeout(
-        Some(std::time::Duration::from_millis(config.request_timeout_ms)),
-    );
+    let state = AppState::loading(metrics.clone(), config.max_body_bytes)
+        .with_request_timeout(Some(std::time::Duration::from_millis(
+            config.request_timeout_ms,
+        )))
+        .with_exposure(&config.exposure)?;
+    reload_keys_on_sighup(state.guard.clone());
     let addr = config.listen_addr()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    // The bound address (the port may have been 0).
+    let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening; /readyz answers 503 until the models are loaded");
-    let server = tokio::spawn(
-        axum::serve(listener, router(state.clone()))
-            .with_graceful_shutdown(shutdown_signal())
-            .into_future(),
-    );
+    let server = tokio::spawn(serve(
+        listener,
+        router(state.clone()),
+        ServeOptions::from_config(&config),
+        metrics.clone(),
+        shutdown_signal(),
+    ));
     // A model that fails to load stops the process: serving without it would hide the
     // misconfiguration behind 503s.
     let engine = {
@@ -48,6 +54,23 @@ fn init_tracing(format: &str) {
     } else {
         builder.init();
     }
+}
+
+/// Re-reads the API keys file on SIGHUP; requests in flight are not disturbed, and a file that
+/// fails to parse keeps the old keys.
+fn reload_keys_on_sighup(guard: std::sync::Arc<samserve::http::guard::Guard>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match guard.reload_keys() {
+                Ok(n) => tracing::info!(keys = n, "API keys reloaded"),
+                Err(e) => tracing::error!(error = %e, "API keys not reloaded; keeping the old ones"),
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

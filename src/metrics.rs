@@ -56,6 +56,8 @@ pub struct Metrics {
     pub queue_wait_seconds: HistogramVec,
     /// HTTP requests being served.
     pub in_flight_requests: IntGauge,
+    /// Open client connections.
+    pub open_connections: IntGauge,
     /// Segment-everything point prompts decoded, by model (progress of long runs).
     pub everything_points_total: IntCounterVec,
     /// Segment-everything runs in progress.
@@ -216,6 +218,7 @@ impl Metrics {
                 &["queue"],
             ),
             in_flight_requests: gauge("samserve_in_flight_requests", "HTTP requests being served."),
+            open_connections: gauge("samserve_open_connections", "Open client connections."),
             everything_points_total: counter(
                 "samserve_everything_points_total",
                 "Segment-everything point prompts decoded (progress of long runs).",

@@ -23,7 +23,8 @@ use crate::runtime::model::{
     load_model, DecoderPrompt, DecoderSession, Embedding, EncoderSession, MaskGeometry, ModelSpec,
     SessionOptions, TokenOutput, MASK_THRESHOLD,
 };
-use crate::runtime::preprocess::{decode_image, prepare, PreparedImage};
+use crate::runtime::preprocess::{prepare, PreparedImage};
+use super::decode_gate::DecodeGate;
 
 type EncodeQueue = WorkerQueue<PreparedImage, Embedding>;
 type DecodeJob = (Arc<Embedding>, Vec<DecoderPrompt>);
@@ -310,7 +311,8 @@ pub struct Engine {
     /// Metrics registry of this server.
     pub metrics: Arc<Metrics>,
     limits: PromptLimits,
-    max_image_pixels: u64,
+    /// Header limits and the cap on concurrent decodes.
+    pub(crate) decode_gate: DecodeGate,
     pub(crate) everything_max_masks: u64,
     pub(crate) everything_max_pixels: u64,
     ready: AtomicBool,
@@ -443,12 +445,12 @@ impl Engine {
                 idle.unwrap_or(Duration::from_secs(3600)),
             ),
             postprocess_tasks: cores,
-            metrics,
+            metrics: metrics.clone(),
             limits: PromptLimits {
                 max_points: config.max_points,
                 max_prompts: config.max_prompts,
             },
-            max_image_pixels: config.max_image_pixels,
+            decode_gate: DecodeGate::new(config, cores, metrics.clone()),
             everything_max_masks: config.everything_max_masks,
             everything_max_pixels: config.everything_max_pixels,
             ready: AtomicBool::new(true),
@@ -509,7 +511,6 @@ impl Engine {
         let original = (key.image_id.clone(), bytes.clone());
         let spec = handle.spec.clone();
         let metrics = self.metrics.clone();
-        let max_pixels = self.max_image_pixels;
         let encoder = handle.encoder.clone();
         let model_name = handle.name.clone();
         let store = self.store.clone();
@@ -517,6 +518,7 @@ impl Engine {
         let store_id = image_id.clone();
         let from_store = Arc::new(AtomicBool::new(false));
         let found_in_store = from_store.clone();
+        let gate = &self.decode_gate;
         let lookup = self
             .cache
             .get_or_compute(key, async move {
@@ -532,23 +534,17 @@ impl Engine {
                     None => None,
                 };
                 let encoded = async {
-                    let prepared = tokio::task::spawn_blocking(move || {
-                        let t = Instant::now();
-                        let decoded = decode_image(&bytes, max_pixels)?;
-                        metrics
-                            .image_decode_seconds
-                            .with_label_values(&[decoded.format])
-                            .observe(t.elapsed().as_secs_f64());
-                        let t = Instant::now();
-                        let prepared = prepare(&decoded.rgb, &spec);
-                        metrics
-                            .preprocess_seconds
-                            .with_label_values(&[&spec.name])
-                            .observe(t.elapsed().as_secs_f64());
-                        Ok::<_, ApiError>(prepared)
-                    })
-                    .await
-                    .map_err(ApiError::internal)??;
+                    let prepared = gate
+                        .decode(bytes, move |decoded| {
+                            let t = Instant::now();
+                            let prepared = prepare(&decoded.rgb, &spec);
+                            metrics
+                                .preprocess_seconds
+                                .with_label_values(&[&spec.name])
+                                .observe(t.elapsed().as_secs_f64());
+                            prepared
+                        })
+                        .await?;
                     encoder.call(prepared, 1).await
                 }
                 .await;

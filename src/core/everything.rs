@@ -12,7 +12,7 @@ use super::cache::ImageKey;
 use super::engine::{Engine, ModelHandle};
 use crate::error::{ApiError, ApiResult};
 use crate::runtime::model::{DecoderPrompt, Embedding, MaskGeometry, TokenOutput};
-use crate::runtime::preprocess::{decode_image, prepare};
+use crate::runtime::preprocess::prepare;
 
 /// The engine as a backend of the generator, for one image and model.
 struct EngineBackend<'a> {
@@ -43,12 +43,10 @@ impl EngineBackend<'_> {
                     what: "image file (crop layers need the pixels; upload the image again)",
                     id: self.image_id.to_string(),
                 })?;
-                let max = u64::MAX;
-                tokio::task::spawn_blocking(move || {
-                    decode_image(&bytes, max).map(|d| Arc::new(d.rgb))
-                })
-                .await
-                .map_err(ApiError::internal)?
+                self.engine
+                    .decode_gate
+                    .decode(bytes, |d| Arc::new(d.rgb))
+                    .await
             })
             .await
             .cloned()

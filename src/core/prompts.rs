@@ -18,6 +18,7 @@ pub struct Point {
     pub y: f64,
     /// 1 = foreground, 0 = background.
     #[serde(default = "default_label")]
+    #[schema(minimum = 0, maximum = 1, default = 1)]
     pub label: i64,
 }
 
@@ -29,11 +30,13 @@ fn default_label() -> i64 {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Prompt {
-    /// Clicks.
+    /// Clicks (at most `--max-points`, 64 by default).
     #[serde(default)]
+    #[schema(max_items = 64)]
     pub points: Vec<Point>,
     /// Box `[x0, y0, x1, y1]` in pixels.
     #[serde(default)]
+    #[schema(min_items = 4, max_items = 4)]
     pub r#box: Option<[f64; 4]>,
     /// Handle of low-res logits returned by an earlier call on the same image (`logits_handle`).
     #[serde(default)]

@@ -56,6 +56,21 @@ pub async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     })
 }
 
+/// Reads the body of a JSON-only route: the content type must be `application/json` (or a
+/// `+json` type). Anything else is 415, so that a web page cannot send such a request as
+/// `text/plain` or a form, which browsers send cross-origin without a CORS preflight.
+pub async fn read_json_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+    match media_type(&req)?.as_deref() {
+        Some(m) if m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")) => {
+            read_limited(req.into_body(), limit).await
+        }
+        other => Err(ApiError::UnsupportedMediaType(format!(
+            "this route takes Content-Type application/json, not {}",
+            other.map_or("none".to_string(), |m| format!("'{m}'"))
+        ))),
+    }
+}
+
 /// Classifies and reads a request body.
 pub async fn read_payload(req: Request, limit: usize) -> Result<Payload, ApiError> {
     let mt = media_type(&req)?;

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use utoipa::ToSchema;
 
-use super::body::{decode_base64_image, parse_json, read_limited, read_payload, Payload};
+use super::body::{decode_base64_image, parse_json, read_json_body, read_payload, Payload};
 use super::types::ModelQuery;
 use super::AppState;
 use crate::core::amg::{AmgMask, AmgParams, AmgProgress, AmgSummary};
@@ -179,11 +179,14 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
 /// mask, then `{"type": "summary", ...}` (or `{"type": "error", "error": {...}}`).
 #[utoipa::path(
     post, path = "/v1/images/{image_id}/everything", tag = "segment",
-    params(("image_id" = String, Path, description = "Image id from POST /v1/images"), ModelQuery),
-    request_body = EverythingRequest,
+    params(("image_id" = String, Path, description = "Image id from POST /v1/images", pattern = "^[0-9a-f]{64}$"), ModelQuery),
+    request_body(content((EverythingRequest = "application/json",
+        example = json!({"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0})))),
     responses(
         (status = 200, description = "Generated masks (JSON, or NDJSON lines when asked)", body = EverythingResponse),
-        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 400, description = "Malformed body or image id", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 404, description = "Unknown image or model", body = ErrorBody),
         (status = 422, description = "Invalid parameters", body = ErrorBody),
         (status = 429, description = "Overloaded", body = ErrorBody),
@@ -196,7 +199,7 @@ pub async fn everything(
     req: Request,
 ) -> ApiResult<Response> {
     let ndjson = wants_ndjson(req.headers());
-    let body = read_limited(req.into_body(), state.max_body_bytes).await?;
+    let body = read_json_body(req, state.max_body_bytes).await?;
     let (request, _) = parse_request(&body, false)?;
     run(state, q.model, image_id, request, ndjson).await
 }
@@ -206,9 +209,13 @@ pub async fn everything(
 #[utoipa::path(
     post, path = "/v1/everything", tag = "segment",
     params(ModelQuery),
-    request_body(content(("application/json"), ("multipart/form-data"))),
+    request_body(content(
+        ("application/json", example = json!({"image": super::images::EXAMPLE_PNG_BASE64,
+            "points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0})),
+        (super::types::ImageForm = "multipart/form-data"))),
     responses(
         (status = 200, description = "Generated masks", body = EverythingResponse),
+        (status = 404, description = "Unknown model", body = ErrorBody),
         (status = 400, description = "Malformed body or corrupt image", body = ErrorBody),
         (status = 413, description = "Over a limit", body = ErrorBody),
         (status = 415, description = "Unsupported type", body = ErrorBody),
@@ -324,6 +331,7 @@ async fn run(
                     error: ErrorDetail {
                         code: code.into(),
                         message: e.public_message(),
+                        request_id: None,
                     },
                 };
                 let _ = tx.send(ndjson_line("error", body)).await;

@@ -11,6 +11,9 @@ use super::AppState;
 use crate::core::engine::SegmentOptions;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 
+/// A 32x24 PNG (blue with a red rectangle), the OpenAPI examples' image.
+pub const EXAMPLE_PNG_BASE64: &str = "iVBORw0KGgoAAAANSUhEUgAAACAAAAAYCAIAAAAUMWhjAAAAN0lEQVR42mPUqDjBQEvAxEBjMGrBwFvAgkti37Iwkgxyilo1GgejFoxaMGoBuYBxtEYbtYBiAADRAgYBYIMQTAAAAABJRU5ErkJggg==";
+
 /// Takes the image bytes out of a payload of an upload route.
 fn upload_bytes(p: Payload) -> ApiResult<Bytes> {
     match p {
@@ -34,10 +37,18 @@ fn upload_bytes(p: Payload) -> ApiResult<Bytes> {
     params(ModelQuery),
     request_body(description = "Image bytes (image/*, application/octet-stream), multipart with an \
         `image` part, or JSON `{\"image\": \"<base64>\"}`", content(
-        ("application/octet-stream"), ("multipart/form-data"), ("application/json"))),
+        (ImageBytes = "application/octet-stream"), (ImageForm = "multipart/form-data"),
+        (ImageJson = "application/json", example = json!({"image": EXAMPLE_PNG_BASE64})))),
     responses(
-        (status = 200, description = "Image embedded (or already cached)", body = ImageResponse),
+        (status = 200, description = "Image embedded (or already cached)", body = ImageResponse,
+            links(
+                ("segment" = (operation_id = "segment", parameters(("image_id" = "$response.body#/image_id")))),
+                ("everything" = (operation_id = "everything", parameters(("image_id" = "$response.body#/image_id")))),
+                ("get_image" = (operation_id = "get_image", parameters(("image_id" = "$response.body#/image_id")))),
+                ("delete_image" = (operation_id = "delete_image", parameters(("image_id" = "$response.body#/image_id")))),
+            )),
         (status = 400, description = "Corrupt image or malformed body", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody),
         (status = 413, description = "Body or pixel count over the limit", body = ErrorBody),
         (status = 415, description = "Unsupported content or image type", body = ErrorBody),
         (status = 429, description = "Overloaded, retry later", body = ErrorBody),
@@ -60,12 +71,14 @@ pub async fn upload(
 /// id does not match.
 #[utoipa::path(
     put, path = "/v1/images/{image_id}", tag = "images",
-    params(("image_id" = String, Path, description = "blake3 hex of the image bytes"), ModelQuery),
+    params(("image_id" = String, Path, description = "blake3 hex of the image bytes", pattern = "^[0-9a-f]{64}$"), ModelQuery),
     request_body(description = "Image bytes, multipart or base64 JSON, as for POST /v1/images",
-        content(("application/octet-stream"), ("multipart/form-data"), ("application/json"))),
+        content((ImageBytes = "application/octet-stream"), (ImageForm = "multipart/form-data"),
+            (ImageJson = "application/json"))),
     responses(
         (status = 200, description = "Image embedded (or already cached)", body = ImageResponse),
         (status = 400, description = "Hash mismatch, corrupt image or malformed body", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody),
         (status = 413, description = "Over a limit", body = ErrorBody),
         (status = 415, description = "Unsupported type", body = ErrorBody),
     )
@@ -87,10 +100,11 @@ pub async fn put_image(
 /// Describe a cached image.
 #[utoipa::path(
     get, path = "/v1/images/{image_id}", tag = "images",
-    params(("image_id" = String, Path, description = "Image id"), ModelQuery),
+    params(("image_id" = String, Path, description = "Image id", pattern = "^[0-9a-f]{64}$"), ModelQuery),
     responses(
         (status = 200, description = "The image is cached", body = ImageResponse),
-        (status = 404, description = "Unknown image (or evicted)", body = ErrorBody),
+        (status = 400, description = "Malformed image id", body = ErrorBody),
+        (status = 404, description = "Unknown image (or evicted) or model", body = ErrorBody),
     )
 )]
 pub async fn get_image(
@@ -115,8 +129,9 @@ pub async fn get_image(
 /// Whether an image's embedding is cached (200) or not (404); no body.
 #[utoipa::path(
     head, path = "/v1/images/{image_id}", tag = "images",
-    params(("image_id" = String, Path, description = "Image id"), ModelQuery),
-    responses((status = 200, description = "Cached"), (status = 404, description = "Not cached"))
+    params(("image_id" = String, Path, description = "Image id", pattern = "^[0-9a-f]{64}$"), ModelQuery),
+    responses((status = 200, description = "Cached"), (status = 400, description = "Malformed image id"),
+        (status = 404, description = "Not cached, or unknown model"))
 )]
 pub async fn head_image(
     State(state): State<AppState>,
@@ -139,9 +154,10 @@ pub async fn head_image(
 /// Drop an image's embedding from the cache.
 #[utoipa::path(
     delete, path = "/v1/images/{image_id}", tag = "images",
-    params(("image_id" = String, Path, description = "Image id"), ModelQuery),
+    params(("image_id" = String, Path, description = "Image id", pattern = "^[0-9a-f]{64}$"), ModelQuery),
     responses(
         (status = 204, description = "Removed"),
+        (status = 400, description = "Malformed image id", body = ErrorBody),
         (status = 404, description = "Not cached", body = ErrorBody),
     )
 )]
@@ -160,11 +176,14 @@ pub async fn delete_image(
 /// Run point, box and mask prompts against a cached image.
 #[utoipa::path(
     post, path = "/v1/images/{image_id}/segment", tag = "segment",
-    params(("image_id" = String, Path, description = "Image id from POST /v1/images"), ModelQuery),
-    request_body = SegmentRequest,
+    params(("image_id" = String, Path, description = "Image id from POST /v1/images", pattern = "^[0-9a-f]{64}$"), ModelQuery),
+    request_body(content((SegmentRequest = "application/json",
+        example = json!({"prompts": [{"points": [{"x": 16, "y": 12, "label": 1}]}]})))),
     responses(
         (status = 200, description = "Masks per prompt", body = SegmentResponse),
-        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 400, description = "Malformed body or image id", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 404, description = "Unknown image or model", body = ErrorBody),
         (status = 422, description = "Invalid prompt", body = ErrorBody),
         (status = 429, description = "Overloaded", body = ErrorBody),
@@ -176,7 +195,7 @@ pub async fn segment(
     Query(q): Query<ModelQuery>,
     req: Request,
 ) -> ApiResult<Json<SegmentResponse>> {
-    let body = super::body::read_limited(req.into_body(), state.max_body_bytes).await?;
+    let body = super::body::read_json_body(req, state.max_body_bytes).await?;
     let r: SegmentRequest = parse_json(&body)?;
     run_segment(&state, q.model.as_deref(), image_id, true, r).await
 }
@@ -217,10 +236,12 @@ async fn run_segment(
     post, path = "/v1/segment", tag = "segment",
     params(ModelQuery),
     request_body(content(
-        (InlineSegmentRequest = "application/json"),
-        ("multipart/form-data"))),
+        (InlineSegmentRequest = "application/json", example = json!({"image": EXAMPLE_PNG_BASE64,
+            "prompts": [{"box": [8, 6, 24, 18]}]})),
+        (SegmentForm = "multipart/form-data"))),
     responses(
         (status = 200, description = "Masks per prompt", body = SegmentResponse),
+        (status = 404, description = "Unknown model", body = ErrorBody),
         (status = 400, description = "Malformed body or corrupt image", body = ErrorBody),
         (status = 413, description = "Over a limit", body = ErrorBody),
         (status = 415, description = "Unsupported type", body = ErrorBody),

@@ -1,10 +1,14 @@
 //! HTTP layer: routes, request/response types, OpenAPI. Handlers are thin wrappers over
 //! [`crate::core::engine::Engine`].
 
+pub mod access;
 pub mod body;
+pub mod cors;
 pub mod everything;
+pub mod guard;
 pub mod images;
 pub mod openapi;
+pub mod serve;
 pub mod system;
 pub mod types;
 
@@ -34,6 +38,10 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Deadline of one request; 504 when exceeded.
     pub request_timeout: Option<std::time::Duration>,
+    /// API keys and per-client limits (open by default).
+    pub guard: Arc<guard::Guard>,
+    /// Origins allowed by CORS (empty: no CORS headers).
+    pub cors_allow_origins: Vec<String>,
 }
 
 impl AppState {
@@ -44,6 +52,8 @@ impl AppState {
             metrics,
             max_body_bytes,
             request_timeout: None,
+            guard: Arc::new(guard::Guard::open()),
+            cors_allow_origins: Vec::new(),
         }
     }
 
@@ -58,6 +68,17 @@ impl AppState {
     pub fn with_request_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
         self.request_timeout = timeout.filter(|t| !t.is_zero());
         self
+    }
+
+    /// Applies the exposure flags: API keys, per-client cap, CORS origins. Fails when the
+    /// keys file cannot be read.
+    pub fn with_exposure(
+        mut self,
+        config: &crate::config::exposure::ExposureConfig,
+    ) -> anyhow::Result<Self> {
+        self.guard = Arc::new(guard::Guard::from_config(config)?);
+        self.cors_allow_origins = config.cors_allow_origins.clone();
+        Ok(self)
     }
 
     /// Installs the engine once loading finished.
@@ -100,6 +121,11 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(state.clone(), track_metrics))
+        // Outermost last: access log and request id around everything, CORS around the key
+        // check (preflights carry no key, and a 401 must be readable cross-origin).
+        .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
+        .layer(cors::layer(&state.cors_allow_origins))
+        .layer(middleware::from_fn(access::access))
         .with_state(state)
 }
 
@@ -120,6 +146,7 @@ async fn method_not_allowed(req: Request) -> Response {
         error: crate::error::ErrorDetail {
             code: "method_not_allowed".into(),
             message: msg,
+            request_id: None,
         },
     };
     (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()

@@ -3,6 +3,7 @@
 use utoipa::OpenApi;
 
 use super::{everything, images, system, types};
+use utoipa::openapi::{self as oa, security as sec};
 use crate::core::amg::{AmgParams, AmgPreset};
 use crate::core::engine::OutputFormat;
 use crate::core::masks::polygon::Polygon;
@@ -28,9 +29,11 @@ use crate::error::{ErrorBody, ErrorDetail};
         types::ImageResponse, types::SegmentRequest, types::InlineSegmentRequest,
         types::SegmentResponse, types::PromptResult, types::MaskOut, types::ModelInfo,
         types::ModelList, types::Health, Prompt, Point, OutputFormat, CocoRle, Polygon,
-        ErrorBody, ErrorDetail, everything::EverythingRequest, everything::EverythingResponse,
+        ErrorBody, ErrorDetail, types::ImageBytes, types::ImageForm, types::ImageJson,
+        types::SegmentForm, everything::EverythingRequest, everything::EverythingResponse,
         everything::EverythingMask, everything::Segmentation, AmgParams, AmgPreset,
     )),
+    modifiers(&Hardening),
     tags(
         (name = "images", description = "Upload images and manage their cached embeddings"),
         (name = "segment", description = "Promptable segmentation"),
@@ -39,11 +42,81 @@ use crate::error::{ErrorBody, ErrorDetail};
 )]
 pub struct ApiDoc;
 
+/// Routes served without an API key (see `guard::Guard::is_open_route`).
+pub const OPEN_ROUTES: [&str; 4] = ["/healthz", "/readyz", "/openapi.json", "/docs"];
+
+/// What every guarded operation can answer besides its own statuses, and the two ways to
+/// present an API key (optional: keys are off unless `--api-keys-file` is given).
+struct Hardening;
+
+impl utoipa::Modify for Hardening {
+    fn modify(&self, doc: &mut oa::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            sec::SecurityScheme::Http(sec::Http::new(sec::HttpAuthScheme::Bearer)),
+        );
+        components.add_security_scheme(
+            "api_key",
+            sec::SecurityScheme::ApiKey(sec::ApiKey::Header(sec::ApiKeyValue::new("X-API-Key"))),
+        );
+        let error = |what: &str| {
+            oa::ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/json",
+                    oa::ContentBuilder::new()
+                        .schema(Some(oa::Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        let common = [
+            ("401", "No valid API key (only when the server has --api-keys-file)"),
+            ("429", "Overloaded (`overloaded`) or this client's cap on requests in progress reached (`too_many_requests`); see Retry-After"),
+            ("503", "Models still loading"),
+            ("504", "Request deadline exceeded"),
+        ];
+        for (path, item) in doc.paths.paths.iter_mut() {
+            if OPEN_ROUTES.contains(&path.as_str()) {
+                continue;
+            }
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.head,
+            ];
+            for op in ops.into_iter().flatten() {
+                for (status, what) in common {
+                    // /metrics needs no engine, so it never answers 503 or 504.
+                    if path == "/metrics" && status != "401" {
+                        continue;
+                    }
+                    op.responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| error(what).into());
+                }
+                op.security = Some(vec![
+                    sec::SecurityRequirement::default(),
+                    sec::SecurityRequirement::new("bearer", Vec::<String>::new()),
+                    sec::SecurityRequirement::new("api_key", Vec::<String>::new()),
+                ]);
+            }
+        }
+    }
+}
+
 /// The document as pretty JSON, exactly as committed in `openapi/openapi.json`.
 pub fn openapi_json() -> String {
     let mut s = ApiDoc::openapi()
         .to_pretty_json()
-        .expect("OpenAPI serializes");
+        .expect("OpenAPI serializes")
+        // utoipa 5 writes a Link's operation id in snake case; OpenAPI spells it operationId
+        // (operations' own ids are already `operationId`, so only links match).
+        .replace("\"operation_id\":", "\"operationId\":");
     s.push('\n');
     s
 }

@@ -16,6 +16,36 @@ pub struct ModelQuery {
     pub model: Option<String>,
 }
 
+/// Raw image bytes (any supported format, sniffed from the bytes).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct ImageBytes(pub Vec<u8>);
+
+/// Multipart upload: the image file as the `image` part.
+#[derive(ToSchema)]
+pub struct ImageForm {
+    /// The image file.
+    #[schema(value_type = String, format = Binary)]
+    pub image: Vec<u8>,
+}
+
+/// JSON upload: the image file, base64-encoded.
+#[derive(ToSchema)]
+pub struct ImageJson {
+    /// The image file, base64 (a `data:...;base64,` prefix is accepted).
+    pub image: String,
+}
+
+/// Multipart one-shot segmentation: the image and the request as JSON text.
+#[derive(ToSchema)]
+pub struct SegmentForm {
+    /// The image file.
+    #[schema(value_type = String, format = Binary)]
+    pub image: Vec<u8>,
+    /// A `SegmentRequest` as JSON text.
+    pub request: String,
+}
+
 /// Answer to an image upload.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ImageResponse {
@@ -47,7 +77,9 @@ impl From<ImageInfo> for ImageResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SegmentRequest {
-    /// The prompts; each one yields its own list of masks.
+    /// The prompts; each one yields its own list of masks (1 to `--max-prompts`, 256 by
+    /// default).
+    #[schema(min_items = 1, max_items = 256)]
     pub prompts: Vec<Prompt>,
     /// Overrides the per-prompt multimask default for every prompt that does not set it.
     #[serde(default)]
@@ -66,7 +98,8 @@ pub struct SegmentRequest {
 pub struct InlineSegmentRequest {
     /// The image file (any supported format), base64-encoded.
     pub image: String,
-    /// The prompts.
+    /// The prompts (1 to `--max-prompts`, 256 by default).
+    #[schema(min_items = 1, max_items = 256)]
     pub prompts: Vec<Prompt>,
     /// See [`SegmentRequest::multimask_output`].
     #[serde(default)]

@@ -1,6 +1,7 @@
 //! Model runtime: ONNX Runtime sessions, model loading, pre- and post-processing.
 
 pub mod device;
+pub mod image_limits;
 pub mod manifest;
 pub mod model;
 pub mod onnx_prune;

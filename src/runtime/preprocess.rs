@@ -4,6 +4,7 @@ use std::io::Cursor;
 
 use image::{ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
+use super::image_limits::{jpeg_is_complete, DecodeLimits};
 use super::model::{EncoderInput, ModelSpec};
 use crate::error::ApiError;
 
@@ -30,10 +31,19 @@ fn format_name(f: ImageFormat) -> Option<&'static str> {
     })
 }
 
-/// Decodes image bytes: sniffs the format, checks the pixel count from the header before
-/// decoding, applies the EXIF orientation and converts to 8-bit RGB (alpha dropped, as
-/// PIL's `convert("RGB")` does). GIFs yield their first frame.
+/// Decodes image bytes with only a pixel limit; see [`decode_image_with`].
 pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, ApiError> {
+    decode_image_with(bytes, &DecodeLimits::pixels_only(max_pixels))
+}
+
+/// Decodes image bytes: sniffs the format, checks the size, aspect ratio and decoded byte
+/// count from the header before decoding, applies the EXIF orientation and converts to 8-bit
+/// RGB (alpha dropped, as PIL's `convert("RGB")` does). GIFs yield their first frame.
+///
+/// Memory: the decoder's output (at most `max_decoded_bytes`) plus the 8-bit RGB copy
+/// (3 bytes per pixel) plus the decoder's working buffers (rows for PNG; for a progressive
+/// JPEG, libjpeg's coefficient buffer of 2 bytes per sample).
+pub fn decode_image_with(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage, ApiError> {
     if bytes.is_empty() {
         return Err(ApiError::InvalidImage("empty image body".into()));
     }
@@ -53,24 +63,20 @@ pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, ApiEr
     let (w, h) = ImageReader::with_format(Cursor::new(bytes), format)
         .into_dimensions()
         .map_err(|e| ApiError::InvalidImage(format!("invalid {name} header: {e}")))?;
-    let pixels = w as u64 * h as u64;
-    if pixels == 0 {
+    limits.check_size(name, w, h)?;
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         return Err(ApiError::InvalidImage(format!(
-            "{name} image has zero size"
+            "truncated {name} image: the data ends before its end-of-image marker"
         )));
     }
-    if pixels > max_pixels {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "image is {w}x{h} = {pixels} pixels, over the limit of {max_pixels}"
-        )));
-    }
+    let pixels = w as u64 * h as u64;
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(w);
-    limits.max_image_height = Some(h);
+    let mut alloc_limits = image::Limits::default();
+    alloc_limits.max_image_width = Some(w);
+    alloc_limits.max_image_height = Some(h);
     // RGBA16 of the allowed size plus slack for the decoder's own buffers.
-    limits.max_alloc = Some(pixels * 8 + (64 << 20));
-    reader.limits(limits);
+    alloc_limits.max_alloc = Some(pixels * 8 + (64 << 20));
+    reader.limits(alloc_limits);
     let corrupt = |e: image::ImageError| match e {
         image::ImageError::Limits(l) => {
             ApiError::PayloadTooLarge(format!("image exceeds decoding limits: {l}"))
@@ -81,6 +87,7 @@ pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, ApiEr
         other => ApiError::InvalidImage(format!("corrupt {name} image: {other}")),
     };
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    limits.check_decoded_bytes(name, w, h, decoder.total_bytes())?;
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);

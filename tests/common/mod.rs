@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: a real server on a loopback port.
 #![allow(dead_code)]
 
+pub mod child;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -29,22 +31,29 @@ pub fn config() -> Config {
 impl TestServer {
     /// Starts the real router with the real engine on 127.0.0.1 and an ephemeral port.
     pub async fn start(config: Config) -> TestServer {
+        let metrics = Arc::new(Metrics::new());
         let engine = {
-            let config = config.clone();
-            tokio::task::spawn_blocking(move || Engine::start(&config, Arc::new(Metrics::new())))
+            let (config, metrics) = (config.clone(), metrics.clone());
+            tokio::task::spawn_blocking(move || Engine::start(&config, metrics))
                 .await
                 .unwrap()
                 .expect("engine starts")
         };
         let app = router(
-            AppState::ready(engine, config.max_body_bytes).with_request_timeout(Some(
-                std::time::Duration::from_millis(config.request_timeout_ms),
-            )),
+            AppState::ready(engine, config.max_body_bytes)
+                .with_request_timeout(Some(std::time::Duration::from_millis(
+                    config.request_timeout_ms,
+                )))
+                .with_exposure(&config.exposure)
+                .expect("exposure flags"),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let opts = samserve::http::serve::ServeOptions::from_config(&config);
         let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
+            samserve::http::serve::serve(listener, app, opts, metrics, std::future::pending())
+                .await
+                .unwrap();
         });
         TestServer {
             base: format!("http://{addr}"),

@@ -42,6 +42,7 @@ pub struct AmgParams {
     /// Points sampled along each side of the image (and of each crop of layer 0); 32 by default.
     /// Mutually exclusive with `point_grids`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 256)]
     pub points_per_side: Option<i64>,
     /// Explicit point grids normalized to [0, 1], `[x, y]`, one per crop layer (layer 0 is the
     /// whole image). Mutually exclusive with `points_per_side`.
@@ -49,40 +50,52 @@ pub struct AmgParams {
     pub point_grids: Option<Vec<Vec<[f64; 2]>>>,
     /// Prompts decoded per decoder call (64).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1024)]
     pub points_per_batch: Option<i64>,
     /// Keep masks whose predicted IoU is strictly above this (0.88); 0 disables the filter.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub pred_iou_thresh: Option<f64>,
     /// Keep masks whose stability score is at least this (0.95); 0 disables the filter.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub stability_score_thresh: Option<f64>,
     /// Logit offset of the stability score's two thresholds (1.0).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.0)]
     pub stability_score_offset: Option<f64>,
     /// Box IoU above which NMS drops a mask within a crop (0.7).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub box_nms_thresh: Option<f64>,
     /// Number of crop layers after the whole image; layer i has 2^i × 2^i crops (0).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 4)]
     pub crop_n_layers: Option<i64>,
     /// Box IoU above which NMS drops a mask across crops (0.7).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub crop_nms_thresh: Option<f64>,
     /// Overlap of neighbouring first-layer crops as a fraction of the short side (512/1500).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
     pub crop_overlap_ratio: Option<f64>,
     /// Points per side in crop layer i are `points_per_side / factor^i` (1).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 256)]
     pub crop_n_points_downscale_factor: Option<i64>,
     /// If positive, fill holes and remove islands smaller than this many pixels (0).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
     pub min_mask_region_area: Option<i64>,
     /// Keep at most this many masks, those with the highest predicted IoU (unlimited).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub max_masks: Option<i64>,
     /// Keep masks, highest predicted IoU first, while the sum of their areas stays within this
     /// many pixels (unlimited).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
     pub max_total_pixels: Option<i64>,
 }
 
