@@ -174,6 +174,8 @@ pub struct ModelHandle {
     /// Prompts per decoder job when a request's prompts are spread over several decoder
     /// workers (`usize::MAX` with one worker: one job per request).
     decoder_split: usize,
+    /// The decoder ONNX file as loaded (before pruning), for clients that decode locally.
+    pub decoder_file: super::downloads::ServedFile,
 }
 
 impl ModelHandle {
@@ -407,6 +409,9 @@ impl Engine {
                     } else {
                         usize::MAX
                     },
+                    decoder_file: super::downloads::ServedFile::new(Bytes::from(
+                        f.decoder.clone(),
+                    )),
                 },
             );
         }

@@ -2,6 +2,7 @@
 
 pub mod amg;
 pub mod cache;
+pub mod downloads;
 pub mod engine;
 pub mod everything;
 pub mod mask_store;

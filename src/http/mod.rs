@@ -2,9 +2,11 @@
 //! [`crate::core::engine::Engine`].
 
 pub mod body;
+pub mod downloads;
 pub mod everything;
 pub mod images;
 pub mod openapi;
+pub mod page;
 pub mod system;
 pub mod types;
 
@@ -96,6 +98,15 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(system::metrics))
         .route("/openapi.json", get(system::openapi_json))
         .route("/docs", get(system::docs))
+        .route(
+            "/v1/images/{image_id}/embedding",
+            get(downloads::embedding),
+        )
+        .route(
+            "/v1/models/{name}/decoder.onnx",
+            get(downloads::decoder_onnx),
+        )
+        .merge(page::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

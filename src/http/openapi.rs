@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use super::{everything, images, system, types};
+use super::{downloads, everything, images, system, types};
 use crate::core::amg::{AmgParams, AmgPreset};
 use crate::core::engine::OutputFormat;
 use crate::core::masks::polygon::Polygon;
@@ -22,6 +22,7 @@ use crate::error::{ErrorBody, ErrorDetail};
         images::upload, images::put_image, images::get_image, images::head_image,
         images::delete_image, images::segment, images::segment_inline,
         everything::everything, everything::everything_inline,
+        downloads::embedding, downloads::decoder_onnx,
         system::models, system::healthz, system::readyz, system::metrics, system::openapi_json,
     ),
     components(schemas(
