@@ -268,6 +268,7 @@
     const cur = state.current;
     $("keep-btn").disabled = !cur || !cur.masks.length;
     if (!cur) {
+      box.innerHTML = `<span class="muted small placeholder">${state.imageId ? "no mask yet" : "open an image first"}</span>`;
       $("prompt-info").textContent = state.imageId
         ? "Hover to preview; click to add a point, shift-click or right-click to exclude, drag for a box."
         : "";
@@ -507,7 +508,7 @@
   }
 
   // ---------- pointer ----------
-  const pointer = { down: false, start: null, startClient: null, dragging: false, button: 0, shift: false };
+  const pointer = { down: false, start: null, startClient: null, dragging: false, button: 0, shift: false, inside: false };
 
   function toImage(ev) {
     const r = $("ui-layer").getBoundingClientRect();
@@ -520,19 +521,27 @@
     return [Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.max(a[0], b[0]), Math.max(a[1], b[1])];
   }
 
+  function insideImage(ev) {
+    const r = $("ui-layer").getBoundingClientRect();
+    return ev.clientX >= r.left && ev.clientX < r.right && ev.clientY >= r.top && ev.clientY < r.bottom;
+  }
+
+  // Listeners sit on the whole stage, so a box can start just outside the image (its
+  // corners are clamped to the image).
   function setUpPointer() {
-    const ui = $("ui-layer");
-    ui.addEventListener("contextmenu", (e) => e.preventDefault());
-    ui.addEventListener("pointerdown", (e) => {
+    const stage = $("stage");
+    stage.addEventListener("contextmenu", (e) => { if (state.imageId) e.preventDefault(); });
+    stage.addEventListener("pointerdown", (e) => {
       if (!state.imageId || (e.button !== 0 && e.button !== 2)) return;
-      ui.setPointerCapture(e.pointerId);
+      if (e.target.closest && e.target.closest("button, input, label")) return;
+      stage.setPointerCapture(e.pointerId);
       Object.assign(pointer, {
         down: true, start: toImage(e), startClient: [e.clientX, e.clientY],
-        dragging: false, button: e.button, shift: e.shiftKey,
+        dragging: false, button: e.button, shift: e.shiftKey, inside: insideImage(e),
       });
       cancelHover();
     });
-    ui.addEventListener("pointermove", (e) => {
+    stage.addEventListener("pointermove", (e) => {
       if (!state.imageId) return;
       if (pointer.down) {
         const d = Math.hypot(e.clientX - pointer.startClient[0], e.clientY - pointer.startClient[1]);
@@ -540,10 +549,11 @@
         if (pointer.dragging) drawUi(boxOf(pointer.start, toImage(e)));
         return;
       }
+      if (!insideImage(e)) { cancelHover(); return; }
       const [x, y] = toImage(e);
       onHover(x, y, e.timeStamp || performance.now());
     });
-    ui.addEventListener("pointerup", (e) => {
+    stage.addEventListener("pointerup", (e) => {
       if (!pointer.down) return;
       pointer.down = false;
       const end = toImage(e);
@@ -551,13 +561,13 @@
         const b = boxOf(pointer.start, end);
         if (b[2] - b[0] >= 2 && b[3] - b[1] >= 2) setBox(b);
         else drawUi();
-      } else {
+      } else if (pointer.inside) {
         const bg = pointer.button === 2 || pointer.shift || e.shiftKey;
         addPoint(pointer.start[0], pointer.start[1], bg ? 0 : 1);
       }
       pointer.dragging = false;
     });
-    ui.addEventListener("pointerleave", () => {
+    stage.addEventListener("pointerleave", () => {
       if (!pointer.down) cancelHover();
     });
   }
@@ -778,6 +788,7 @@
     document.addEventListener("keydown", (e) => {
       const t = e.target;
       if (t && (t.tagName === "INPUT" || t.tagName === "SELECT" || t.tagName === "TEXTAREA")) return;
+      if (t && t.tagName === "BUTTON" && (e.key === "Enter" || e.key === " ")) return; // the button's own action
       if (e.ctrlKey || e.metaKey || e.altKey) return;
       const k = e.key;
       if (k === "Tab" || k === "m" || k === "M") {
