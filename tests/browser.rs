@@ -75,14 +75,21 @@ async fn page_works_in_chromium() {
     let stdout = String::from_utf8_lossy(&result.stdout);
     let stderr = String::from_utf8_lossy(&result.stderr);
     eprintln!("{stdout}{stderr}");
-    assert!(result.status.success(), "browser test failed:\n{stdout}\n{stderr}");
+    assert!(
+        result.status.success(),
+        "browser test failed:\n{stdout}\n{stderr}"
+    );
 
     // The exported COCO file: each annotation's RLE equals the mask the API returns for the
     // annotation's prompt (same image, model and mask token), pixel for pixel.
-    let coco: Value = serde_json::from_slice(&std::fs::read(out.join("coco.json")).unwrap()).unwrap();
+    let coco: Value =
+        serde_json::from_slice(&std::fs::read(out.join("coco.json")).unwrap()).unwrap();
     let image = &coco["images"][0];
     let image_id = image["samserve_image_id"].as_str().unwrap();
-    let (w, h) = (image["width"].as_u64().unwrap(), image["height"].as_u64().unwrap());
+    let (w, h) = (
+        image["width"].as_u64().unwrap(),
+        image["height"].as_u64().unwrap(),
+    );
     let anns = coco["annotations"].as_array().unwrap();
     assert!(!anns.is_empty());
     for a in anns {
@@ -91,9 +98,7 @@ async fn page_works_in_chromium() {
         let exported = decode(&exported).unwrap();
         let prompt = &a["samserve"]["prompt"];
         let token = a["samserve"]["token"].as_u64().unwrap();
-        let (status, body) = s
-            .segment(image_id, &json!({ "prompts": [prompt] }))
-            .await;
+        let (status, body) = s.segment(image_id, &json!({ "prompts": [prompt] })).await;
         assert_eq!(status, 200, "{body}");
         let mask = body["results"][0]["masks"]
             .as_array()
@@ -103,13 +108,18 @@ async fn page_works_in_chromium() {
             .unwrap_or_else(|| panic!("no mask with token {token} in {body}"));
         let api = common::rle_mask(mask);
         assert!(
-            api.width == exported.width && api.height == exported.height && api.data == exported.data,
+            api.width == exported.width
+                && api.height == exported.height
+                && api.data == exported.data,
             "annotation {} differs from the API",
             a["id"]
         );
         assert_eq!(a["area"], mask["area"]);
         assert_eq!(a["bbox"], mask["bbox"]);
     }
-    eprintln!("COCO export: {} annotations equal the API's masks", anns.len());
+    eprintln!(
+        "COCO export: {} annotations equal the API's masks",
+        anns.len()
+    );
     assert!(out.join("page.png").exists(), "no screenshot");
 }

@@ -15,8 +15,20 @@ fn parse_npy(b: &[u8]) -> (String, Vec<usize>, usize) {
     let header = std::str::from_utf8(&b[10..10 + hlen]).unwrap();
     assert!(header.ends_with('\n'));
     assert!(header.contains("'fortran_order': False"), "{header}");
-    let descr = header.split("'descr': '").nth(1).unwrap().split('\'').next().unwrap();
-    let shape = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let descr = header
+        .split("'descr': '")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap();
+    let shape = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
     let shape = shape
         .split(',')
         .map(str::trim)
@@ -51,7 +63,8 @@ fn header(r: &reqwest::Response, name: &str) -> String {
 #[tokio::test]
 async fn embedding_download_is_a_stable_npy_with_geometry() {
     let s = common::TestServer::default().await;
-    let img = std::fs::read(common::repo().join("tests/fixtures/heldout/scene_1500000.png")).unwrap();
+    let img =
+        std::fs::read(common::repo().join("tests/fixtures/heldout/scene_1500000.png")).unwrap();
     let up = s.upload(&img).await;
     let id = up["image_id"].as_str().unwrap();
     let models = s.get_json("/v1/models").await;
@@ -63,7 +76,10 @@ async fn embedding_download_is_a_stable_npy_with_geometry() {
     let r1 = s.client.get(&url).send().await.unwrap();
     assert_eq!(r1.status(), 200);
     assert_eq!(header(&r1, "content-type"), "application/x-npy");
-    let (w, h) = (up["width"].as_u64().unwrap(), up["height"].as_u64().unwrap());
+    let (w, h) = (
+        up["width"].as_u64().unwrap(),
+        up["height"].as_u64().unwrap(),
+    );
     assert_eq!(header(&r1, "x-samserve-original-width"), w.to_string());
     assert_eq!(header(&r1, "x-samserve-original-height"), h.to_string());
     assert_eq!(header(&r1, "x-samserve-input-size"), input.to_string());
@@ -92,7 +108,15 @@ async fn embedding_download_is_a_stable_npy_with_geometry() {
     assert!(values.iter().any(|v| *v != 0.0), "all-zero embedding");
 
     // A second download is bit for bit the same; its validator gives a 304.
-    let b2 = s.client.get(&url).send().await.unwrap().bytes().await.unwrap();
+    let b2 = s
+        .client
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(b1, b2);
     let r304 = s
         .client
@@ -104,7 +128,12 @@ async fn embedding_download_is_a_stable_npy_with_geometry() {
     assert_eq!(r304.status(), 304);
 
     // float16: half the data bytes, each value the nearest half of the float32 one.
-    let r16 = s.client.get(format!("{url}?dtype=float16")).send().await.unwrap();
+    let r16 = s
+        .client
+        .get(format!("{url}?dtype=float16"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r16.status(), 200);
     assert_eq!(header(&r16, "x-samserve-dtype"), "float16");
     assert_ne!(header(&r16, "etag"), etag);
@@ -138,7 +167,10 @@ async fn decoder_download_is_the_model_file() {
     let body = r.bytes().await.unwrap();
     // The embedded default model is compiled from these files.
     let on_disk = std::fs::read(common::repo().join("models/sam-tiny/decoder.onnx")).unwrap();
-    assert!(body[..] == on_disk[..], "served decoder differs from models/sam-tiny/decoder.onnx");
+    assert!(
+        body[..] == on_disk[..],
+        "served decoder differs from models/sam-tiny/decoder.onnx"
+    );
     let again = s
         .client
         .get(&url)
@@ -161,14 +193,30 @@ async fn decoder_download_is_the_model_file() {
 #[tokio::test]
 async fn download_errors_are_precise() {
     let s = common::TestServer::default().await;
-    let img = std::fs::read(common::repo().join("tests/fixtures/heldout/scene_1500001.png")).unwrap();
-    let id = s.upload(&img).await["image_id"].as_str().unwrap().to_string();
+    let img =
+        std::fs::read(common::repo().join("tests/fixtures/heldout/scene_1500001.png")).unwrap();
+    let id = s.upload(&img).await["image_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let unknown = "0".repeat(64);
     let cases = [
         (format!("/v1/images/{unknown}/embedding"), 404, "not_found"),
-        ("/v1/images/not-a-hash/embedding".to_string(), 400, "bad_request"),
-        (format!("/v1/images/{id}/embedding?dtype=int8"), 400, "bad_request"),
-        (format!("/v1/images/{id}/embedding?model=nope"), 404, "not_found"),
+        (
+            "/v1/images/not-a-hash/embedding".to_string(),
+            400,
+            "bad_request",
+        ),
+        (
+            format!("/v1/images/{id}/embedding?dtype=int8"),
+            400,
+            "bad_request",
+        ),
+        (
+            format!("/v1/images/{id}/embedding?model=nope"),
+            404,
+            "not_found",
+        ),
         ("/v1/models/nope/decoder.onnx".to_string(), 404, "not_found"),
     ];
     for (path, status, code) in cases {

@@ -97,7 +97,13 @@ pub fn f32_to_f16_bits(v: f32) -> u16 {
     let man = x & 0x007f_ffff;
     if exp == 0xff {
         // Infinity, or NaN with a quiet bit kept so it stays NaN.
-        return sign | 0x7c00 | if man != 0 { 0x0200 | (man >> 13) as u16 } else { 0 };
+        return sign
+            | 0x7c00
+            | if man != 0 {
+                0x0200 | (man >> 13) as u16
+            } else {
+                0
+            };
     }
     let e = exp - 127 + 15;
     if e >= 0x1f {
@@ -158,10 +164,10 @@ mod tests {
             (1.0e6, 0x7c00),
             (f32::INFINITY, 0x7c00),
             (f32::NEG_INFINITY, 0xfc00),
-            (6.103_515_6e-5, 0x0400),  // smallest normal half
-            (5.960_464_5e-8, 0x0001),  // smallest subnormal half
-            (2.980_232_2e-8, 0x0000),  // half of it: tie, rounds to even (zero)
-            (4.470_348_4e-8, 0x0001),  // 0.75 of it rounds up
+            (6.103_515_6e-5, 0x0400),     // smallest normal half
+            (5.960_464_5e-8, 0x0001),     // smallest subnormal half
+            (2.980_232_2e-8, 0x0000),     // half of it: tie, rounds to even (zero)
+            (4.470_348_4e-8, 0x0001),     // 0.75 of it rounds up
             (1.0 + 1.0 / 2048.0, 0x3c00), // tie between 1 and the next half: even
             (1.0 + 3.0 / 2048.0, 0x3c02), // tie: rounds to even upward
             (0.333_333_34, 0x3555),
@@ -191,7 +197,11 @@ mod tests {
             let header = std::str::from_utf8(&npy[10..10 + hlen]).unwrap();
             assert!(header.ends_with('\n'));
             assert!(header.contains("'shape': (1, 2, 3, 4)"), "{header}");
-            let elem = if dtype == EmbeddingDtype::Float32 { 4 } else { 2 };
+            let elem = if dtype == EmbeddingDtype::Float32 {
+                4
+            } else {
+                2
+            };
             assert_eq!(npy.len(), 10 + hlen + 24 * elem);
             let last = &npy[npy.len() - elem..];
             if elem == 4 {
@@ -204,7 +214,10 @@ mod tests {
 
     #[test]
     fn dtype_parse() {
-        assert_eq!(EmbeddingDtype::parse(None).unwrap(), EmbeddingDtype::Float32);
+        assert_eq!(
+            EmbeddingDtype::parse(None).unwrap(),
+            EmbeddingDtype::Float32
+        );
         assert_eq!(
             EmbeddingDtype::parse(Some("float16")).unwrap(),
             EmbeddingDtype::Float16

@@ -409,9 +409,7 @@ impl Engine {
                     } else {
                         usize::MAX
                     },
-                    decoder_file: super::downloads::ServedFile::new(Bytes::from(
-                        f.decoder.clone(),
-                    )),
+                    decoder_file: super::downloads::ServedFile::new(Bytes::from(f.decoder.clone())),
                 },
             );
         }

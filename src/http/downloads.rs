@@ -42,7 +42,10 @@ fn file_response(
     extra: Vec<(&'static str, String)>,
 ) -> Response {
     let mut headers = HeaderMap::new();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control),
+    );
     if let Ok(v) = HeaderValue::from_str(&file.etag) {
         headers.insert(header::ETAG, v);
     }
@@ -99,11 +102,10 @@ pub async fn embedding(
     let input_size = model.spec.input_size;
     let model_name = model.spec.name.clone();
     let emb2 = emb.clone();
-    let file = tokio::task::spawn_blocking(move || {
-        ServedFile::new(embedding_npy(&emb2, dtype).into())
-    })
-    .await
-    .map_err(ApiError::internal)?;
+    let file =
+        tokio::task::spawn_blocking(move || ServedFile::new(embedding_npy(&emb2, dtype).into()))
+            .await
+            .map_err(ApiError::internal)?;
     let shape = emb
         .shape
         .iter()

@@ -98,10 +98,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(system::metrics))
         .route("/openapi.json", get(system::openapi_json))
         .route("/docs", get(system::docs))
-        .route(
-            "/v1/images/{image_id}/embedding",
-            get(downloads::embedding),
-        )
+        .route("/v1/images/{image_id}/embedding", get(downloads::embedding))
         .route(
             "/v1/models/{name}/decoder.onnx",
             get(downloads::decoder_onnx),
