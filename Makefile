@@ -9,7 +9,7 @@ CARGO       ?= cargo
 
 export ORT_DYLIB_PATH := $(CURDIR)/$(ORT_LIB)
 
-.PHONY: run build test ort fmt lint openapi bench bench-quick clean
+.PHONY: run build test ort fmt lint openapi bench bench-quick clean browser-deps hybrid-parity
 
 run: $(ORT_LIB)
 	$(CARGO) run --release --bin samserve -- $(ARGS)
@@ -17,7 +17,7 @@ run: $(ORT_LIB)
 build: $(ORT_LIB)
 	$(CARGO) build --release --workspace
 
-test: $(ORT_LIB)
+test: $(ORT_LIB) browser-deps
 	$(CARGO) test --release --workspace --all-targets
 
 # Load test + in-process decoder baseline against the default model (and a random-init
@@ -93,6 +93,17 @@ k8s-validate: $(K8S_VENV)/.installed
 $(K8S_VENV)/.installed:
 	$(PYTHON) -m venv $(K8S_VENV)
 	$(K8S_VENV)/bin/pip install --quiet kubernetes-validate==$(K8S_VALIDATE_VERSION)
+# Browser tests (tests/browser.rs): Debian's Chromium and playwright-core from npm (no
+# browser download). Installs only what is missing; apt-get needs root (CI runs as root).
+BROWSER_DIR := tests/browser
+browser-deps: $(BROWSER_DIR)/node_modules/.package-lock.json
+	@command -v chromium >/dev/null 2>&1 && command -v node >/dev/null 2>&1 || { \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium nodejs npm; }
+
+$(BROWSER_DIR)/node_modules/.package-lock.json: $(BROWSER_DIR)/package.json $(BROWSER_DIR)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nodejs npm; }
+	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund
 	touch $@
 
 -include tools/Makefile.tools
@@ -103,3 +114,11 @@ $(K8S_VENV)/.installed:
 fuzz-api: $(ORT_LIB)
 	$(CARGO) build --release --bin samserve
 	tools/fuzz_api/run.sh
+# Hybrid decoding parity (needs tools/.venv): a server on a free loopback port, then the
+# downloaded embedding + decoder.onnx in Python onnxruntime vs the server's masks.
+# After the include: it uses the tools venv's variables.
+hybrid-parity: $(ORT_LIB) $(TOOLS_STAMP)
+	$(CARGO) build --release --bin samserve
+	@port=$$($(TOOLS_PYTHON) -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
+	target/release/samserve --port $$port > target/hybrid-parity-server.log 2>&1 & pid=$$!; \
+	$(TOOLS_PYTHON) tools/hybrid_parity.py --wait 60 --url http://127.0.0.1:$$port; rc=$$?; kill $$pid; exit $$rc

@@ -204,6 +204,12 @@ async fn api_keys_guard_every_route_but_health_and_never_reach_the_log() {
     for path in ["/healthz", "/readyz"] {
         assert_eq!(s.client.get(s.url(path)).send().await.unwrap().status(), 200, "{path}");
     }
+    // The page and its assets load without a key (the page sends the key its user types in);
+    // the API behind it does not answer without one.
+    for path in ["/", "/page/app.js", "/page/style.css"] {
+        assert_eq!(s.client.get(s.url(path)).send().await.unwrap().status(), 200, "{path}");
+    }
+    assert_eq!(s.client.get(s.url("/v1/models")).send().await.unwrap().status(), 401);
     assert_eq!(s.client.get(s.url("/metrics")).send().await.unwrap().status(), 401);
     let m = s
         .client
@@ -215,7 +221,7 @@ async fn api_keys_guard_every_route_but_health_and_never_reach_the_log() {
     assert_eq!(m.status(), 200);
     let text = m.text().await.unwrap();
     assert!(
-        text.lines().any(|l| l.starts_with("samserve_rejected_requests_total{reason=\"unauthorized\"} 4")),
+        text.lines().any(|l| l.starts_with("samserve_rejected_requests_total{reason=\"unauthorized\"} 5")),
         "{text}"
     );
     // SIGHUP reloads the file: bob's key works afterwards, alice's no longer.

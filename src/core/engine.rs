@@ -178,6 +178,8 @@ pub struct ModelHandle {
     decoder_split: usize,
     /// Identity of this model's embeddings in the shared store.
     store_tag: ModelTag,
+    /// The decoder ONNX file as loaded (before pruning), for clients that decode locally.
+    pub decoder_file: super::downloads::ServedFile,
 }
 
 impl ModelHandle {
@@ -416,6 +418,7 @@ impl Engine {
                         usize::MAX
                     },
                     store_tag,
+                    decoder_file: super::downloads::ServedFile::new(Bytes::from(f.decoder.clone())),
                 },
             );
         }

@@ -3,6 +3,7 @@
 pub mod amg;
 pub mod cache;
 pub mod decode_gate;
+pub mod downloads;
 pub mod engine;
 pub mod everything;
 pub mod mask_store;

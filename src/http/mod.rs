@@ -4,11 +4,13 @@
 pub mod access;
 pub mod body;
 pub mod cors;
+pub mod downloads;
 pub mod everything;
 pub mod guard;
 pub mod images;
 pub mod openapi;
 pub mod serve;
+pub mod page;
 pub mod system;
 pub mod types;
 
@@ -117,6 +119,12 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(system::metrics))
         .route("/openapi.json", get(system::openapi_json))
         .route("/docs", get(system::docs))
+        .route("/v1/images/{image_id}/embedding", get(downloads::embedding))
+        .route(
+            "/v1/models/{name}/decoder.onnx",
+            get(downloads::decoder_onnx),
+        )
+        .merge(page::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

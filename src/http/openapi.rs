@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use super::{everything, images, system, types};
+use super::{downloads, everything, images, system, types};
 use utoipa::openapi::{self as oa, security as sec};
 use crate::core::amg::{AmgParams, AmgPreset};
 use crate::core::engine::OutputFormat;
@@ -23,6 +23,7 @@ use crate::error::{ErrorBody, ErrorDetail};
         images::upload, images::put_image, images::get_image, images::head_image,
         images::delete_image, images::segment, images::segment_inline,
         everything::everything, everything::everything_inline,
+        downloads::embedding, downloads::decoder_onnx,
         system::models, system::healthz, system::readyz, system::metrics, system::openapi_json,
     ),
     components(schemas(
@@ -42,8 +43,18 @@ use crate::error::{ErrorBody, ErrorDetail};
 )]
 pub struct ApiDoc;
 
-/// Routes served without an API key (see `guard::Guard::is_open_route`).
-pub const OPEN_ROUTES: [&str; 4] = ["/healthz", "/readyz", "/openapi.json", "/docs"];
+/// Routes served without an API key (see `guard::Guard::is_open_route`). The page and its
+/// assets are open too: the page itself sends the key its user types in with every API call.
+pub const OPEN_ROUTES: [&str; 8] = [
+    "/healthz",
+    "/readyz",
+    "/openapi.json",
+    "/docs",
+    "/",
+    "/page/app.js",
+    "/page/style.css",
+    "/page/demo/{name}",
+];
 
 /// What every guarded operation can answer besides its own statuses, and the two ways to
 /// present an API key (optional: keys are off unless `--api-keys-file` is given).

@@ -1,0 +1,227 @@
+//! What clients download to decode on their side (hybrid decoding): a cached image
+//! embedding as a `.npy` file, and a model's decoder ONNX file.
+//!
+//! The `.npy` layout is NumPy's format version 1.0: the magic `\x93NUMPY`, version 1.0, a
+//! little-endian u16 header length, a Python-dict header padded with spaces to a multiple
+//! of 64 bytes and ending in `\n`, then the C-order data. The dict may only hold `descr`,
+//! `fortran_order` and `shape` (NumPy refuses other keys), so the geometry a client needs
+//! to map prompts (original size, resized size, input length) travels in HTTP headers.
+
+use bytes::Bytes;
+
+use crate::error::{ApiError, ApiResult};
+use crate::runtime::model::Embedding;
+
+/// Element type of a downloaded embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbeddingDtype {
+    /// IEEE-754 binary32, little-endian (`<f4`); the values the decoder sees.
+    Float32,
+    /// IEEE-754 binary16, little-endian (`<f2`), rounded to nearest even: half the bytes.
+    Float16,
+}
+
+impl EmbeddingDtype {
+    /// Parses the `dtype` query value; `None` means float32.
+    pub fn parse(value: Option<&str>) -> ApiResult<Self> {
+        match value {
+            None | Some("float32") => Ok(EmbeddingDtype::Float32),
+            Some("float16") => Ok(EmbeddingDtype::Float16),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "dtype '{}' is not supported (float32 or float16)",
+                other.chars().take(40).collect::<String>()
+            ))),
+        }
+    }
+
+    /// Name used in the query string and the `X-Samserve-Dtype` header.
+    pub fn name(self) -> &'static str {
+        match self {
+            EmbeddingDtype::Float32 => "float32",
+            EmbeddingDtype::Float16 => "float16",
+        }
+    }
+
+    /// NumPy `descr` of the type.
+    fn descr(self) -> &'static str {
+        match self {
+            EmbeddingDtype::Float32 => "<f4",
+            EmbeddingDtype::Float16 => "<f2",
+        }
+    }
+}
+
+/// Serializes an embedding as a `.npy` file of shape `embedding.shape`.
+pub fn embedding_npy(emb: &Embedding, dtype: EmbeddingDtype) -> Vec<u8> {
+    let shape = emb
+        .shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut header = format!(
+        "{{'descr': '{}', 'fortran_order': False, 'shape': ({shape}), }}",
+        dtype.descr()
+    );
+    // magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
+    header.push('\n');
+    let elem = match dtype {
+        EmbeddingDtype::Float32 => 4,
+        EmbeddingDtype::Float16 => 2,
+    };
+    let mut out = Vec::with_capacity(10 + header.len() + emb.data.len() * elem);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    match dtype {
+        EmbeddingDtype::Float32 => emb
+            .data
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        EmbeddingDtype::Float16 => emb
+            .data
+            .iter()
+            .for_each(|v| out.extend_from_slice(&f32_to_f16_bits(*v).to_le_bytes())),
+    }
+    out
+}
+
+/// Converts an f32 to IEEE binary16 bits, rounding to nearest, ties to even (what NumPy's
+/// `astype(np.float16)` does); overflow gives infinity, NaN stays NaN.
+pub fn f32_to_f16_bits(v: f32) -> u16 {
+    let x = v.to_bits();
+    let sign = ((x >> 16) & 0x8000) as u16;
+    let exp = ((x >> 23) & 0xff) as i32;
+    let man = x & 0x007f_ffff;
+    if exp == 0xff {
+        // Infinity, or NaN with a quiet bit kept so it stays NaN.
+        return sign
+            | 0x7c00
+            | if man != 0 {
+                0x0200 | (man >> 13) as u16
+            } else {
+                0
+            };
+    }
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    if e <= 0 {
+        // Subnormal half (or zero): shift the full significand, rounding half to even.
+        if e < -10 {
+            return sign;
+        }
+        let m = man | 0x0080_0000;
+        let shift = (14 - e) as u32;
+        let half = m >> shift;
+        let rem = m & ((1 << shift) - 1);
+        let mid = 1 << (shift - 1);
+        let round = rem > mid || (rem == mid && (half & 1) == 1);
+        return sign | (half + round as u32) as u16;
+    }
+    let half = ((e as u32) << 10) | (man >> 13);
+    let rem = man & 0x1fff;
+    let round = rem > 0x1000 || (rem == 0x1000 && (half & 1) == 1);
+    // A carry out of the significand correctly bumps the exponent (up to infinity).
+    sign | (half + round as u32) as u16
+}
+
+/// A file served as is, with a strong validator.
+#[derive(Debug, Clone)]
+pub struct ServedFile {
+    /// The file's bytes.
+    pub bytes: Bytes,
+    /// Quoted strong ETag: the blake3 hex of the bytes.
+    pub etag: String,
+}
+
+impl ServedFile {
+    /// Wraps bytes and computes their ETag.
+    pub fn new(bytes: Bytes) -> Self {
+        let etag = format!("\"{}\"", blake3::hash(&bytes).to_hex());
+        ServedFile { bytes, etag }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_known_values() {
+        // Reference bit patterns from the IEEE-754 binary16 definition.
+        let cases: &[(f32, u16)] = &[
+            (0.0, 0x0000),
+            (-0.0, 0x8000),
+            (1.0, 0x3c00),
+            (-2.0, 0xc000),
+            (0.5, 0x3800),
+            (65504.0, 0x7bff),
+            (65520.0, 0x7c00), // rounds up past the largest finite half
+            (1.0e6, 0x7c00),
+            (f32::INFINITY, 0x7c00),
+            (f32::NEG_INFINITY, 0xfc00),
+            (6.103_515_6e-5, 0x0400),     // smallest normal half
+            (5.960_464_5e-8, 0x0001),     // smallest subnormal half
+            (2.980_232_2e-8, 0x0000),     // half of it: tie, rounds to even (zero)
+            (4.470_348_4e-8, 0x0001),     // 0.75 of it rounds up
+            (1.0 + 1.0 / 2048.0, 0x3c00), // tie between 1 and the next half: even
+            (1.0 + 3.0 / 2048.0, 0x3c02), // tie: rounds to even upward
+            (0.333_333_34, 0x3555),
+        ];
+        for &(v, bits) in cases {
+            assert_eq!(f32_to_f16_bits(v), bits, "{v}");
+        }
+        assert_eq!(f32_to_f16_bits(f32::NAN) & 0x7c00, 0x7c00);
+        assert_ne!(f32_to_f16_bits(f32::NAN) & 0x03ff, 0);
+    }
+
+    #[test]
+    fn npy_header_is_aligned_and_parsable() {
+        let emb = Embedding {
+            data: (0..2 * 3 * 4).map(|i| i as f32).collect(),
+            shape: [1, 2, 3, 4],
+            width: 10,
+            height: 7,
+            resized_width: 8,
+            resized_height: 6,
+        };
+        for dtype in [EmbeddingDtype::Float32, EmbeddingDtype::Float16] {
+            let npy = embedding_npy(&emb, dtype);
+            assert_eq!(&npy[..8], b"\x93NUMPY\x01\x00");
+            let hlen = u16::from_le_bytes([npy[8], npy[9]]) as usize;
+            assert_eq!((10 + hlen) % 64, 0);
+            let header = std::str::from_utf8(&npy[10..10 + hlen]).unwrap();
+            assert!(header.ends_with('\n'));
+            assert!(header.contains("'shape': (1, 2, 3, 4)"), "{header}");
+            let elem = if dtype == EmbeddingDtype::Float32 {
+                4
+            } else {
+                2
+            };
+            assert_eq!(npy.len(), 10 + hlen + 24 * elem);
+            let last = &npy[npy.len() - elem..];
+            if elem == 4 {
+                assert_eq!(last, 23.0f32.to_le_bytes());
+            } else {
+                assert_eq!(u16::from_le_bytes([last[0], last[1]]), 0x4dc0); // 23.0
+            }
+        }
+    }
+
+    #[test]
+    fn dtype_parse() {
+        assert_eq!(
+            EmbeddingDtype::parse(None).unwrap(),
+            EmbeddingDtype::Float32
+        );
+        assert_eq!(
+            EmbeddingDtype::parse(Some("float16")).unwrap(),
+            EmbeddingDtype::Float16
+        );
+        assert!(EmbeddingDtype::parse(Some("int8")).is_err());
+    }
+}
