@@ -33,6 +33,9 @@ pub enum ApiError {
     /// The prompt is well-formed JSON but semantically invalid.
     #[error("{0}")]
     InvalidPrompt(String),
+    /// A text prompt for a model without a text model (422 `text_not_supported`).
+    #[error("{0}")]
+    TextNotSupported(String),
     /// Admission control refused the request; retry after the given seconds.
     #[error("server overloaded: {reason}")]
     Overloaded {
@@ -60,6 +63,7 @@ pub enum ErrorKind {
     PayloadTooLarge,
     UnsupportedMediaType,
     InvalidPrompt,
+    TextNotSupported,
     Overloaded,
     NotReady,
     Timeout,
@@ -79,6 +83,9 @@ impl ErrorKind {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ErrorKind::InvalidPrompt => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_prompt"),
+            ErrorKind::TextNotSupported => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "text_not_supported")
+            }
             ErrorKind::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             ErrorKind::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             ErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
@@ -98,6 +105,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => ErrorKind::PayloadTooLarge,
             ApiError::UnsupportedMediaType(_) => ErrorKind::UnsupportedMediaType,
             ApiError::InvalidPrompt(_) => ErrorKind::InvalidPrompt,
+            ApiError::TextNotSupported(_) => ErrorKind::TextNotSupported,
             ApiError::Overloaded { .. } => ErrorKind::Overloaded,
             ApiError::NotReady => ErrorKind::NotReady,
             ApiError::Timeout => ErrorKind::Timeout,

@@ -7,4 +7,5 @@ pub mod everything;
 pub mod mask_store;
 pub mod masks;
 pub mod prompts;
+pub mod text_search;
 pub mod workers;
