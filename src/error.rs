@@ -33,6 +33,9 @@ pub enum ApiError {
     /// The prompt is well-formed JSON but semantically invalid.
     #[error("{0}")]
     InvalidPrompt(String),
+    /// A text prompt for a model without a text model (422 `text_not_supported`).
+    #[error("{0}")]
+    TextNotSupported(String),
     /// Admission control refused the request; retry after the given seconds.
     #[error("server overloaded: {reason}")]
     Overloaded {
@@ -69,6 +72,7 @@ pub enum ErrorKind {
     PayloadTooLarge,
     UnsupportedMediaType,
     InvalidPrompt,
+    TextNotSupported,
     Overloaded,
     Unauthorized,
     TooManyRequests,
@@ -90,6 +94,9 @@ impl ErrorKind {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ErrorKind::InvalidPrompt => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_prompt"),
+            ErrorKind::TextNotSupported => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "text_not_supported")
+            }
             ErrorKind::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             ErrorKind::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ErrorKind::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
@@ -111,6 +118,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => ErrorKind::PayloadTooLarge,
             ApiError::UnsupportedMediaType(_) => ErrorKind::UnsupportedMediaType,
             ApiError::InvalidPrompt(_) => ErrorKind::InvalidPrompt,
+            ApiError::TextNotSupported(_) => ErrorKind::TextNotSupported,
             ApiError::Overloaded { .. } => ErrorKind::Overloaded,
             ApiError::Unauthorized(_) => ErrorKind::Unauthorized,
             ApiError::TooManyRequests { .. } => ErrorKind::TooManyRequests,

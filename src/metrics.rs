@@ -62,6 +62,12 @@ pub struct Metrics {
     pub everything_points_total: IntCounterVec,
     /// Segment-everything runs in progress.
     pub everything_running: IntGauge,
+    /// Text prompts: phrase encoding (text tower) latency, by text model.
+    pub text_encode_seconds: HistogramVec,
+    /// Text prompts: lookups of the phrase-embedding and candidate caches, by cache and result.
+    pub text_cache_total: IntCounterVec,
+    /// Text prompts: time to build an image's candidate masks and their region vectors.
+    pub text_candidates_seconds: HistogramVec,
     /// Shared embedding store (`--embedding-store`) handles.
     pub store: StoreMetrics,
 }
@@ -260,6 +266,21 @@ impl Metrics {
                     &["outcome"],
                 ),
             },
+            text_encode_seconds: histogram(
+                "samserve_text_encode_seconds",
+                "Text prompts: time to run the text tower on one phrase.",
+                &["text_model"],
+            ),
+            text_cache_total: counter(
+                "samserve_text_cache_total",
+                "Text prompts: cache lookups by cache (phrase, candidates) and result (hit, miss).",
+                &["cache", "result"],
+            ),
+            text_candidates_seconds: histogram(
+                "samserve_text_candidates_seconds",
+                "Text prompts: time to build an image's candidate masks and region vectors.",
+                &["model"],
+            ),
             registry,
         }
     }

@@ -13,6 +13,7 @@ use super::mask_store::MaskStore;
 use super::masks::{self, BinaryMask};
 use super::prompts::{prepare_prompts, Prompt, PromptLimits};
 use super::store::{Claim, ModelTag, SharedStore};
+use super::text_search::{TextCaches, TextHandle};
 use super::workers::{chunks_owned, BatchPolicy, WorkerQueue};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
@@ -173,6 +174,8 @@ pub struct ModelHandle {
     pub(crate) name: Arc<str>,
     pub(crate) encoder: EncodeQueue,
     pub(crate) decoder: DecodeQueue,
+    /// The text model, when the manifest declares one (text prompts).
+    pub(crate) text: Option<Arc<TextHandle>>,
     /// Prompts per decoder job when a request's prompts are spread over several decoder
     /// workers (`usize::MAX` with one worker: one job per request).
     decoder_split: usize,
@@ -259,6 +262,8 @@ pub struct MaskResult {
     pub mask: EncodedMask,
     /// Refinement handle, when requested.
     pub logits_handle: Option<String>,
+    /// Cosine of the mask to the phrase, for text prompts.
+    pub text_score: Option<f32>,
 }
 
 /// Result of ingesting an image.
@@ -309,7 +314,9 @@ pub struct Engine {
     originals: moka::future::Cache<Arc<str>, Bytes>,
     mask_store: MaskStore,
     /// Most blocking tasks one segment request's masks are spread over (the core count).
-    postprocess_tasks: usize,
+    pub(crate) postprocess_tasks: usize,
+    /// Phrase embeddings and per-image candidate masks of text prompts.
+    pub(crate) text_caches: TextCaches,
     /// Metrics registry of this server.
     pub metrics: Arc<Metrics>,
     limits: PromptLimits,
@@ -385,6 +392,15 @@ impl Engine {
             if models.contains_key(&spec.name) {
                 anyhow::bail!("two models are named '{}'", spec.name);
             }
+            let text = match &f.text {
+                Some(t) => Some(Arc::new(TextHandle::start(
+                    env,
+                    t,
+                    config.max_queued_images.max(1),
+                    &metrics,
+                )?)),
+                None => None,
+            };
             let encoder = spawn_encoder(&spec, sessions.encoder, config, &metrics)?;
             let decoder = spawn_decoder(&spec, sessions.decoders, config, &metrics)?;
             tracing::info!(
@@ -412,6 +428,7 @@ impl Engine {
                     spec,
                     encoder,
                     decoder,
+                    text,
                     decoder_split: if opts.decoder_workers > 1 {
                         config.max_batch_prompts.max(1)
                     } else {
@@ -448,6 +465,7 @@ impl Engine {
                 idle.unwrap_or(Duration::from_secs(3600)),
             ),
             postprocess_tasks: cores,
+            text_caches: TextCaches::new(config.cache_bytes / 4, idle),
             metrics: metrics.clone(),
             limits: PromptLimits {
                 max_points: config.max_points,
@@ -459,6 +477,11 @@ impl Engine {
             ready: AtomicBool::new(true),
         };
         Ok(Arc::new(engine))
+    }
+
+    /// Most prompts one request may carry.
+    pub(crate) fn limits_max_prompts(&self) -> usize {
+        self.limits.max_prompts
     }
 
     /// Whether models are loaded and workers running.
@@ -616,7 +639,9 @@ impl Engine {
     pub async fn remove(&self, model: Option<&str>, image_id: &str) -> ApiResult<()> {
         validate_image_id(image_id)?;
         let handle = self.model(model)?;
-        let mut removed = self.cache.remove(&Self::key(handle, image_id)).await;
+        let key = Self::key(handle, image_id);
+        let mut removed = self.cache.remove(&key).await;
+        self.text_caches.forget(&key).await;
         if let Some(store) = &self.store {
             removed |= store.delete(&handle.store_tag, image_id).await;
         }
@@ -632,8 +657,23 @@ impl Engine {
     }
 
     /// Runs prompts against a cached image. Results are index-aligned with `prompts`;
-    /// each prompt's masks are sorted by predicted IoU, best first.
+    /// each prompt's masks are sorted by predicted IoU, best first (text prompts: by text
+    /// score, see [`super::text_search`]).
     pub async fn segment(
+        &self,
+        model: Option<&str>,
+        image_id: &str,
+        prompts: &[Prompt],
+        opts: SegmentOptions,
+    ) -> ApiResult<Segmented> {
+        if prompts.iter().any(|p| p.text.is_some()) {
+            return self.segment_with_text(model, image_id, prompts, opts).await;
+        }
+        self.segment_prompts(model, image_id, prompts, opts).await
+    }
+
+    /// [`Engine::segment`] for prompts without text: the decoder path.
+    pub(crate) async fn segment_prompts(
         &self,
         model: Option<&str>,
         image_id: &str,
@@ -692,6 +732,7 @@ impl Engine {
                             token: t.token,
                             mask: encode_mask(&bin, opts.output),
                             logits_handle,
+                            text_score: None,
                         }
                     })
                     .collect::<Vec<MaskResult>>()
@@ -720,7 +761,7 @@ impl Engine {
     }
 }
 
-fn encode_mask(mask: &BinaryMask, format: OutputFormat) -> EncodedMask {
+pub(crate) fn encode_mask(mask: &BinaryMask, format: OutputFormat) -> EncodedMask {
     match format {
         OutputFormat::Rle => EncodedMask::Rle(masks::rle::encode(mask)),
         OutputFormat::Png => EncodedMask::Png(masks::png::encode_png_1bit(mask)),

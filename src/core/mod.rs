@@ -10,4 +10,5 @@ pub mod mask_store;
 pub mod masks;
 pub mod prompts;
 pub mod store;
+pub mod text_search;
 pub mod workers;

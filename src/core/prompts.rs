@@ -45,6 +45,14 @@ pub struct Prompt {
     /// without box, else false (as the reference recommends).
     #[serde(default)]
     pub multimask_output: Option<bool>,
+    /// A phrase naming what to segment ("the blue star"), for models with a text model.
+    /// Cannot be combined with points or `mask_input`; a `box` restricts the search to
+    /// masks inside it. Masks come back sorted by `text_score`.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Masks to return for a text prompt (1 by default, at most 100).
+    #[serde(default)]
+    pub max_masks: Option<usize>,
 }
 
 /// Limits applied to prompts.
@@ -102,6 +110,11 @@ pub fn prepare_prompts(
         if p.points.is_empty() && p.r#box.is_none() && p.mask_input.is_none() {
             return Err(ApiError::prompt(format!(
                 "prompt {i} is empty: give points, a box or a mask_input"
+            )));
+        }
+        if p.max_masks.is_some() {
+            return Err(ApiError::prompt(format!(
+                "prompt {i}: max_masks applies to text prompts only"
             )));
         }
         if p.points.len() > limits.max_points {

@@ -17,7 +17,7 @@ use super::body::{decode_base64_image, parse_json, read_json_body, read_payload,
 use super::types::ModelQuery;
 use super::AppState;
 use crate::core::amg::{AmgMask, AmgParams, AmgProgress, AmgSummary};
-use crate::core::engine::OutputFormat;
+use crate::core::engine::{Engine, OutputFormat};
 use crate::core::masks::polygon::{mask_to_polygons, Polygon};
 use crate::core::masks::rle::{encode, CocoRle};
 use crate::error::{ApiError, ApiResult, ErrorBody, ErrorDetail};
@@ -32,7 +32,17 @@ pub struct EverythingRequest {
     /// Mask encoding: `rle` (default), `png`, `polygon` or `none`.
     #[serde(default)]
     pub output: OutputFormat,
+    /// A phrase: keep only masks whose `text_score` is at least `text_threshold`, sorted
+    /// by it (models with a text model only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Lowest `text_score` kept when `text` is given (default 0.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_threshold: Option<f32>,
 }
+
+/// Default `text_threshold` of segment everything with `text`.
+pub const DEFAULT_TEXT_THRESHOLD: f32 = 0.3;
 
 /// A mask as encoded on the wire.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -64,6 +74,9 @@ pub struct EverythingMask {
     pub stability_score: Option<f32>,
     /// Crop the mask came from, `[x, y, w, h]`.
     pub crop_box: [u32; 4],
+    /// Cosine similarity to the request's `text`, when one was given.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub text_score: Option<f32>,
 }
 
 /// Answer of a segment-everything call (non-streaming).
@@ -102,6 +115,7 @@ fn encode_record(m: AmgMask, output: OutputFormat) -> EverythingMask {
         point_coords: vec![m.point_coords],
         stability_score: m.stability_score.is_finite().then_some(m.stability_score),
         crop_box: m.crop_box,
+        text_score: None,
     }
 }
 
@@ -142,6 +156,27 @@ fn parse_request(body: &[u8], allow_image: bool) -> ApiResult<(EverythingRequest
         }
         None => None,
     };
+    let text = match obj.remove("text") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(_) => return Err(ApiError::BadRequest("field 'text' must be a string".into())),
+    };
+    let text_threshold = match obj.remove("text_threshold") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => match v.as_f64() {
+            Some(t) if t.is_finite() => Some(t as f32),
+            _ => {
+                return Err(ApiError::BadRequest(
+                    "field 'text_threshold' must be a number".into(),
+                ))
+            }
+        },
+    };
+    if text_threshold.is_some() && text.is_none() {
+        return Err(ApiError::InvalidPrompt(
+            "text_threshold needs text".into(),
+        ));
+    }
     let output: OutputFormat = match obj.remove("output") {
         Some(o) => serde_json::from_value(o)
             .map_err(|e| ApiError::BadRequest(format!("invalid 'output': {e}")))?,
@@ -150,7 +185,15 @@ fn parse_request(body: &[u8], allow_image: bool) -> ApiResult<(EverythingRequest
     let params: AmgParams = serde_json::from_value(v)
         .map_err(|e| ApiError::BadRequest(format!("invalid parameters: {e}")))?;
     params.validate().map_err(ApiError::InvalidPrompt)?;
-    Ok((EverythingRequest { params, output }, image))
+    Ok((
+        EverythingRequest {
+            params,
+            output,
+            text,
+            text_threshold,
+        },
+        image,
+    ))
 }
 
 /// One NDJSON line: the value's JSON object with a `type` field added.
@@ -266,6 +309,12 @@ async fn run(
     // Fail fast on unknown model or image before starting a stream.
     engine.embedding(model.as_deref(), &image_id).await?;
     let output = request.output;
+    let text = request
+        .text
+        .map(|t| (t, request.text_threshold.unwrap_or(DEFAULT_TEXT_THRESHOLD)));
+    if let Some((t, _)) = &text {
+        engine.validate_text(model.as_deref(), t)?;
+    }
     if !ndjson {
         let never = || false;
         let (out, w, h) = engine
@@ -273,10 +322,15 @@ async fn run(
             .await?;
         let model_name = engine.model(model.as_deref())?.spec.name.clone();
         let summary = summary_json(&out.summary, &model_name, w, h, &image_id);
+        let scored = score(&engine, model.as_deref(), &image_id, text, out.masks).await?;
         let masks = tokio::task::spawn_blocking(move || {
-            out.masks
+            scored
                 .into_iter()
-                .map(|m| encode_record(m, output))
+                .map(|(m, s)| {
+                    let mut r = encode_record(m, output);
+                    r.text_score = s;
+                    r
+                })
                 .collect::<Vec<_>>()
         })
         .await
@@ -316,8 +370,21 @@ async fn run(
                     .map(|m| m.spec.name.clone())
                     .unwrap_or_default();
                 let summary = summary_json(&out.summary, &model_name, w, h, &image_id);
-                for m in out.masks {
-                    let rec = tokio::task::spawn_blocking(move || encode_record(m, output)).await;
+                let scored = match score(&engine, model.as_deref(), &image_id, text, out.masks).await
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.send(error_line(&e)).await;
+                        return;
+                    }
+                };
+                for (m, s) in scored {
+                    let rec = tokio::task::spawn_blocking(move || {
+                        let mut r = encode_record(m, output);
+                        r.text_score = s;
+                        r
+                    })
+                    .await;
                     let Ok(rec) = rec else { return };
                     if tx.send(ndjson_line("mask", rec)).await.is_err() {
                         return;
@@ -326,15 +393,7 @@ async fn run(
                 let _ = tx.send(ndjson_line("summary", summary)).await;
             }
             Err(e) => {
-                let (_, code) = e.kind().status_and_code();
-                let body = ErrorBody {
-                    error: ErrorDetail {
-                        code: code.into(),
-                        message: e.public_message(),
-                        request_id: None,
-                    },
-                };
-                let _ = tx.send(ndjson_line("error", body)).await;
+                let _ = tx.send(error_line(&e)).await;
             }
         }
     });
@@ -346,4 +405,42 @@ async fn run(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+fn error_line(e: &ApiError) -> Bytes {
+    let (_, code) = e.kind().status_and_code();
+    ndjson_line(
+        "error",
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message: e.public_message(),
+                request_id: None,
+            },
+        },
+    )
+}
+
+/// With a phrase: the masks whose text score passes the threshold, best first; without:
+/// all masks in the generator's order.
+async fn score(
+    engine: &Engine,
+    model: Option<&str>,
+    image_id: &str,
+    text: Option<(String, f32)>,
+    masks: Vec<AmgMask>,
+) -> ApiResult<Vec<(AmgMask, Option<f32>)>> {
+    let Some((text, threshold)) = text else {
+        return Ok(masks.into_iter().map(|m| (m, None)).collect());
+    };
+    let segs: Vec<_> = masks.iter().map(|m| m.segmentation.clone()).collect();
+    let scores = engine.score_masks(model, image_id, &text, &segs).await?;
+    let mut kept: Vec<(AmgMask, Option<f32>)> = masks
+        .into_iter()
+        .zip(scores)
+        .filter(|(_, s)| *s >= threshold)
+        .map(|(m, s)| (m, Some(s)))
+        .collect();
+    kept.sort_by(|a, b| b.1.unwrap_or(0.0).total_cmp(&a.1.unwrap_or(0.0)));
+    Ok(kept)
 }

@@ -28,7 +28,7 @@ use crate::error::{ErrorBody, ErrorDetail};
     ),
     components(schemas(
         types::ImageResponse, types::SegmentRequest, types::InlineSegmentRequest,
-        types::SegmentResponse, types::PromptResult, types::MaskOut, types::ModelInfo,
+        types::SegmentResponse, types::PromptResult, types::MaskOut, types::ModelInfo, types::TextModelInfo,
         types::ModelList, types::Health, Prompt, Point, OutputFormat, CocoRle, Polygon,
         ErrorBody, ErrorDetail, types::ImageBytes, types::ImageForm, types::ImageJson,
         types::SegmentForm, everything::EverythingRequest, everything::EverythingResponse,

@@ -5,7 +5,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse};
 use axum::Json;
 
-use super::types::{Health, ModelInfo, ModelList};
+use super::types::{Health, ModelInfo, ModelList, TextModelInfo};
 use super::AppState;
 use crate::error::ApiError;
 
@@ -36,6 +36,12 @@ pub async fn models(State(state): State<AppState>) -> Result<Json<ModelList>, Ap
                         .unwrap_or_default(),
                     encoder_device: s.encoder_device.clone(),
                     decoder_device: s.decoder_device.clone(),
+                    text: m.text_manifest().map(|t| TextModelInfo {
+                        name: t.name.clone(),
+                        kind: t.kind.as_str().to_string(),
+                        max_text_chars: t.max_text_chars,
+                        description: t.description.clone(),
+                    }),
                 }
             })
             .collect(),

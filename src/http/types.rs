@@ -135,6 +135,9 @@ pub struct MaskOut {
     /// Handle of this mask's low-res logits, when `return_logits` is true.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub logits_handle: Option<String>,
+    /// Cosine similarity of the mask to the phrase (text prompts only; masks are sorted by it).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub text_score: Option<f32>,
 }
 
 impl From<MaskResult> for MaskOut {
@@ -149,6 +152,7 @@ impl From<MaskResult> for MaskOut {
             png: None,
             polygons: None,
             logits_handle: m.logits_handle,
+            text_score: m.text_score,
         };
         match m.mask {
             EncodedMask::Rle(r) => out.rle = Some(r),
@@ -211,6 +215,22 @@ pub struct ModelInfo {
     pub encoder_device: String,
     /// Where the decoder runs (`cpu`, `cuda:N`), after any fallback.
     pub decoder_device: String,
+    /// The text model behind text prompts; absent when the model takes none.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub text: Option<TextModelInfo>,
+}
+
+/// A segmentation model's text model (`GET /v1/models`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TextModelInfo {
+    /// Text model name.
+    pub name: String,
+    /// Kind (`minilm-region`).
+    pub kind: String,
+    /// Longest accepted phrase in characters.
+    pub max_text_chars: usize,
+    /// Description.
+    pub description: String,
 }
 
 /// `GET /v1/models` answer.

@@ -32,6 +32,10 @@ pub struct Manifest {
     /// Free-form description shown by `GET /v1/models`.
     #[serde(default)]
     pub description: String,
+    /// Folder of the text model for text prompts (holding `text.json`), relative to this
+    /// manifest's folder; no text prompts without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 fn default_family() -> String {
@@ -73,6 +77,8 @@ pub struct ModelFiles {
     pub decoder: Vec<u8>,
     /// Where the model came from, for logs and `/v1/models`.
     pub source: String,
+    /// The text model, when the manifest names one.
+    pub text: Option<super::text::TextFiles>,
 }
 
 impl ModelFiles {
@@ -92,15 +98,22 @@ impl ModelFiles {
             let p = dir.join(file);
             std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
         };
+        let text = match &manifest.text {
+            Some(t) => Some(super::text::TextFiles::from_dir(&dir.join(t))?),
+            None => None,
+        };
         Ok(ModelFiles {
             encoder: read(&manifest.encoder)?,
             decoder: read(&manifest.decoder)?,
+            text,
             manifest,
             source: dir.display().to_string(),
         })
     }
 
     /// The default model compiled into the binary, so `samserve` runs with no files around.
+    /// It always carries the default text model (models/text-minilm): its region tower
+    /// reads only pixels and mask shapes, so it does not depend on the SAM weights.
     pub fn embedded_default() -> anyhow::Result<Self> {
         let manifest = Manifest::parse(include_str!("../../models/sam-tiny/manifest.json"))
             .context("embedded default manifest")?;
@@ -109,6 +122,7 @@ impl ModelFiles {
             encoder: include_bytes!("../../models/sam-tiny/encoder.onnx").to_vec(),
             decoder: include_bytes!("../../models/sam-tiny/decoder.onnx").to_vec(),
             source: "embedded".to_string(),
+            text: Some(super::text::TextFiles::embedded_default()?),
         })
     }
 }

@@ -8,3 +8,4 @@ pub mod onnx_prune;
 pub mod ort_env;
 pub mod preprocess;
 pub mod resize;
+pub mod text;
