@@ -164,7 +164,7 @@ mod tests {
     #[test]
     fn size_limits() {
         let l = DecodeLimits {
-            max_pixels: 1000,
+            max_pixels: 1500,
             max_decoded_bytes: 3000,
             max_aspect_ratio: 10,
         };

@@ -15,6 +15,8 @@ VENV=$OUT/venv
 PORT=${FUZZ_API_PORT:-18417}
 EXAMPLES=${FUZZ_API_EXAMPLES:-100}
 SEED=${FUZZ_API_SEED:-12}
+# Optional time budget in seconds for the whole run (schemathesis --max-time).
+MAX_TIME=${FUZZ_API_MAX_TIME:-}
 BIN=target/release/samserve
 PYTHON=${PYTHON:-python3}
 
@@ -43,6 +45,7 @@ set +e
     --checks all --exclude-checks ignored_auth,object_level_authorization \
     --phases examples,coverage,fuzzing,stateful \
     --max-examples "$EXAMPLES" --seed "$SEED" --workers 2 \
+    ${MAX_TIME:+--max-time "$MAX_TIME"} \
     --request-timeout 150 --generation-database none --suppress-health-check too_slow,filter_too_much \
     --report junit,ndjson --report-dir "$OUT" \
     --no-color 2>&1 | tee "$OUT/summary.txt"
