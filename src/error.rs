@@ -94,9 +94,7 @@ impl ErrorKind {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ErrorKind::InvalidPrompt => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_prompt"),
-            ErrorKind::TextNotSupported => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "text_not_supported")
-            }
+            ErrorKind::TextNotSupported => (StatusCode::UNPROCESSABLE_ENTITY, "text_not_supported"),
             ErrorKind::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             ErrorKind::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ErrorKind::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),

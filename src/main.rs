@@ -67,7 +67,9 @@ fn reload_keys_on_sighup(guard: std::sync::Arc<samserve::http::guard::Guard>) {
         while hup.recv().await.is_some() {
             match guard.reload_keys() {
                 Ok(n) => tracing::info!(keys = n, "API keys reloaded"),
-                Err(e) => tracing::error!(error = %e, "API keys not reloaded; keeping the old ones"),
+                Err(e) => {
+                    tracing::error!(error = %e, "API keys not reloaded; keeping the old ones")
+                }
             }
         }
     });

@@ -267,29 +267,10 @@ impl Drop for TempDir {
     }
 }
 
-async fn metric(client: &reqwest::Client, base: &str, name: &str, filter: &str) -> f64 {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            let (head, _) = l.rsplit_once(' ').unwrap_or((l, ""));
-            head.split('{').next() == Some(name) && head.contains(filter)
-        })
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
 async fn metric_each(client: &reqwest::Client, bases: &[&str], name: &str, f: &str) -> Vec<f64> {
     let mut out = Vec::new();
     for b in bases {
-        out.push(metric(client, b, name, f).await);
+        out.push(common::metric_at(client, b, name, f).await);
     }
     out
 }
@@ -517,7 +498,7 @@ async fn cluster_of_three_behind_nginx_with_a_shared_store() {
         &metric_each(&client, &b, "samserve_encoder_runs_total", "").await,
         &before,
     );
-    let waits = metric(
+    let waits = common::metric_at(
         &client,
         b[1],
         "samserve_embedding_store_lock_waits_total",
@@ -632,13 +613,13 @@ async fn cluster_of_three_behind_nginx_with_a_shared_store() {
             .unwrap();
         assert_eq!(up.status(), 200);
         let id = samserve::core::engine::image_id_of(&img);
-        let hits0 = metric(&client, pb, "samserve_embedding_store_hits_total", "").await;
+        let hits0 = common::metric_at(&client, pb, "samserve_embedding_store_hits_total", "").await;
         let (st, body) = segment(&client, pb, &id, &click(0)).await;
         assert!(
             st == 200 || st == 404,
             "no 5xx after Redis returns: {st} {body}"
         );
-        let hits1 = metric(&client, pb, "samserve_embedding_store_hits_total", "").await;
+        let hits1 = common::metric_at(&client, pb, "samserve_embedding_store_hits_total", "").await;
         if st == 200 && hits1 > hits0 {
             break;
         }

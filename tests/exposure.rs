@@ -15,7 +15,12 @@ fn error_code(body: &serde_json::Value) -> &str {
 }
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(common::repo().join("tests/fixtures/parity/images").join(name)).unwrap()
+    std::fs::read(
+        common::repo()
+            .join("tests/fixtures/parity/images")
+            .join(name),
+    )
+    .unwrap()
 }
 
 async fn post(
@@ -40,8 +45,18 @@ async fn truncated_jpegs_are_400_and_whole_ones_pass() {
     for pct in [40, 60, 80, 99] {
         let cut = jpeg[..jpeg.len() * pct / 100].to_vec();
         let (st, b) = post(&s, "/v1/images", Some("image/jpeg"), cut).await;
-        assert_eq!((st, error_code(&b)), (400, "invalid_image"), "cut at {pct}%: {b}");
-        assert!(b["error"]["message"].as_str().unwrap().contains("truncated"), "{b}");
+        assert_eq!(
+            (st, error_code(&b)),
+            (400, "invalid_image"),
+            "cut at {pct}%: {b}"
+        );
+        assert!(
+            b["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("truncated"),
+            "{b}"
+        );
     }
     let (st, b) = post(&s, "/v1/images", Some("image/jpeg"), jpeg).await;
     assert_eq!(st, 200, "{b}");
@@ -59,7 +74,11 @@ async fn json_routes_refuse_other_content_types_with_415() {
         format!("/v1/images/{id}/segment"),
         format!("/v1/images/{id}/everything"),
     ] {
-        for ctype in [Some("text/plain"), None, Some("application/x-www-form-urlencoded")] {
+        for ctype in [
+            Some("text/plain"),
+            None,
+            Some("application/x-www-form-urlencoded"),
+        ] {
             let (st, b) = post(&s, &path, ctype, body.clone()).await;
             assert_eq!(
                 (st, error_code(&b)),
@@ -86,20 +105,56 @@ async fn header_limits_refuse_thin_and_deep_images_before_decoding() {
     let header = |w: u32, h: u32, depth: u8, color: u8| {
         let mut img = Vec::new();
         let mut enc = png::Encoder::new(&mut img, w, h);
-        enc.set_depth(if depth == 16 { png::BitDepth::Sixteen } else { png::BitDepth::Eight });
-        enc.set_color(if color == 6 { png::ColorType::Rgba } else { png::ColorType::Rgb });
+        enc.set_depth(if depth == 16 {
+            png::BitDepth::Sixteen
+        } else {
+            png::BitDepth::Eight
+        });
+        enc.set_color(if color == 6 {
+            png::ColorType::Rgba
+        } else {
+            png::ColorType::Rgb
+        });
         let mut wr = enc.write_header().unwrap();
         // An empty IDAT is enough: the limits are checked before the pixel data is read.
-        wr.write_chunk(png::chunk::IDAT, &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]).unwrap();
+        wr.write_chunk(
+            png::chunk::IDAT,
+            &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+        )
+        .unwrap();
         drop(wr);
         img
     };
-    let (st, b) = post(&s, "/v1/images", Some("image/png"), header(64_000_000, 1, 8, 2)).await;
+    let (st, b) = post(
+        &s,
+        "/v1/images",
+        Some("image/png"),
+        header(64_000_000, 1, 8, 2),
+    )
+    .await;
     assert_eq!((st, error_code(&b)), (413, "payload_too_large"), "{b}");
-    assert!(b["error"]["message"].as_str().unwrap().contains("aspect ratio"), "{b}");
-    let (st, b) = post(&s, "/v1/images", Some("image/png"), header(8000, 8000, 16, 6)).await;
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("aspect ratio"),
+        "{b}"
+    );
+    let (st, b) = post(
+        &s,
+        "/v1/images",
+        Some("image/png"),
+        header(8000, 8000, 16, 6),
+    )
+    .await;
     assert_eq!((st, error_code(&b)), (413, "payload_too_large"), "{b}");
-    assert!(b["error"]["message"].as_str().unwrap().contains("decodes to"), "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("decodes to"),
+        "{b}"
+    );
 }
 
 /// Reads until the server closes the connection; returns when, and what it sent.
@@ -129,23 +184,41 @@ async fn half_sent_requests_and_idle_connections_are_closed_after_the_header_tim
     let (half, idle) = tokio::task::spawn_blocking(move || {
         // Slowloris: half a request head, then nothing.
         let mut a = std::net::TcpStream::connect(&addr).unwrap();
-        a.write_all(b"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Ty").unwrap();
+        a.write_all(b"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Ty")
+            .unwrap();
         let half = wait_for_close(a, Duration::from_secs(30));
         // A keep-alive connection after a complete request, then idle.
         let mut b = std::net::TcpStream::connect(&addr).unwrap();
-        b.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        b.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
         let idle = wait_for_close(b, Duration::from_secs(30));
         (half, idle)
     })
     .await
     .unwrap();
     // Closed, not before the timeout (the server cannot know earlier), well within 30 s.
-    assert!(half.0 >= Duration::from_millis(900), "closed too early: {:?}", half.0);
+    assert!(
+        half.0 >= Duration::from_millis(900),
+        "closed too early: {:?}",
+        half.0
+    );
     let idle_text = String::from_utf8_lossy(&idle.1).to_string();
     assert!(idle_text.starts_with("HTTP/1.1 200"), "{idle_text}");
-    assert!(idle.0 >= Duration::from_millis(900), "closed too early: {:?}", idle.0);
+    assert!(
+        idle.0 >= Duration::from_millis(900),
+        "closed too early: {:?}",
+        idle.0
+    );
     // The server still serves.
-    assert_eq!(s.client.get(s.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        s.client
+            .get(s.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 fn keys_file(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
@@ -167,7 +240,13 @@ async fn api_keys_guard_every_route_but_health_and_never_reach_the_log() {
     let bob = "bob-fedcba9876543210-secret";
     let file = keys_file(&dir, &format!("# test keys\nalice:{alice}\n"));
     let s = ChildServer::start(
-        &["--api-keys-file", file.to_str().unwrap(), "--metrics-require-key", "--log-format", "json"],
+        &[
+            "--api-keys-file",
+            file.to_str().unwrap(),
+            "--metrics-require-key",
+            "--log-format",
+            "json",
+        ],
         &[],
     )
     .await;
@@ -191,26 +270,57 @@ async fn api_keys_guard_every_route_but_health_and_never_reach_the_log() {
     ] {
         let r = upload(auth.clone()).await.unwrap();
         assert_eq!(r.status(), 401, "{auth:?}");
-        assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+        assert!(r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer"));
         let b: serde_json::Value = r.json().await.unwrap();
         assert_eq!(error_code(&b), "unauthorized");
     }
     // The right key, either header.
-    let r = upload(Some(("authorization", format!("Bearer {alice}")))).await.unwrap();
+    let r = upload(Some(("authorization", format!("Bearer {alice}"))))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = upload(Some(("x-api-key", alice.to_string()))).await.unwrap();
+    let r = upload(Some(("x-api-key", alice.to_string())))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     // Health routes stay open; /metrics is protected with --metrics-require-key.
     for path in ["/healthz", "/readyz"] {
-        assert_eq!(s.client.get(s.url(path)).send().await.unwrap().status(), 200, "{path}");
+        assert_eq!(
+            s.client.get(s.url(path)).send().await.unwrap().status(),
+            200,
+            "{path}"
+        );
     }
     // The page and its assets load without a key (the page sends the key its user types in);
     // the API behind it does not answer without one.
     for path in ["/", "/page/app.js", "/page/style.css"] {
-        assert_eq!(s.client.get(s.url(path)).send().await.unwrap().status(), 200, "{path}");
+        assert_eq!(
+            s.client.get(s.url(path)).send().await.unwrap().status(),
+            200,
+            "{path}"
+        );
     }
-    assert_eq!(s.client.get(s.url("/v1/models")).send().await.unwrap().status(), 401);
-    assert_eq!(s.client.get(s.url("/metrics")).send().await.unwrap().status(), 401);
+    assert_eq!(
+        s.client
+            .get(s.url("/v1/models"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        s.client
+            .get(s.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
     let m = s
         .client
         .get(s.url("/metrics"))
@@ -221,7 +331,8 @@ async fn api_keys_guard_every_route_but_health_and_never_reach_the_log() {
     assert_eq!(m.status(), 200);
     let text = m.text().await.unwrap();
     assert!(
-        text.lines().any(|l| l.starts_with("samserve_rejected_requests_total{reason=\"unauthorized\"} 5")),
+        text.lines()
+            .any(|l| l.starts_with("samserve_rejected_requests_total{reason=\"unauthorized\"} 5")),
         "{text}"
     );
     // SIGHUP reloads the file: bob's key works afterwards, alice's no longer.
@@ -237,10 +348,15 @@ async fn api_keys_guard_every_route_but_health_and_never_reach_the_log() {
         if r.status() == 200 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "keys not reloaded");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "keys not reloaded"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let r = upload(Some(("x-api-key", alice.to_string()))).await.unwrap();
+    let r = upload(Some(("x-api-key", alice.to_string())))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     // The log names the key ids, never the keys.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -259,23 +375,46 @@ async fn cors_preflight_and_simple_requests() {
     let mut cfg = common::config();
     cfg.exposure.cors_allow_origins = vec!["https://app.example".into()];
     let s = TestServer::start(cfg).await;
-    for path in ["/v1/images", "/v1/images/abc/segment", "/v1/models", "/v1/everything"] {
+    for path in [
+        "/v1/images",
+        "/v1/images/abc/segment",
+        "/v1/models",
+        "/v1/everything",
+    ] {
         let r = s
             .client
             .request(reqwest::Method::OPTIONS, s.url(path))
             .header("origin", "https://app.example")
             .header("access-control-request-method", "POST")
-            .header("access-control-request-headers", "authorization, content-type")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
             .send()
             .await
             .unwrap();
         assert!(r.status().is_success(), "{path}: {}", r.status());
         let h = r.headers();
-        assert_eq!(h["access-control-allow-origin"], "https://app.example", "{path}");
-        let methods = h["access-control-allow-methods"].to_str().unwrap().to_ascii_uppercase();
-        assert!(methods.contains("POST") && methods.contains("DELETE"), "{methods}");
-        let headers = h["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
-        assert!(headers.contains("authorization") && headers.contains("content-type"), "{headers}");
+        assert_eq!(
+            h["access-control-allow-origin"], "https://app.example",
+            "{path}"
+        );
+        let methods = h["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .to_ascii_uppercase();
+        assert!(
+            methods.contains("POST") && methods.contains("DELETE"),
+            "{methods}"
+        );
+        let headers = h["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase();
+        assert!(
+            headers.contains("authorization") && headers.contains("content-type"),
+            "{headers}"
+        );
     }
     // A simple request from the allowed origin: the header, and the exposed headers.
     let r = s
@@ -286,9 +425,18 @@ async fn cors_preflight_and_simple_requests() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["access-control-allow-origin"], "https://app.example");
-    let exposed = r.headers()["access-control-expose-headers"].to_str().unwrap().to_ascii_lowercase();
-    assert!(exposed.contains("retry-after") && exposed.contains("x-request-id"), "{exposed}");
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let exposed = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        exposed.contains("retry-after") && exposed.contains("x-request-id"),
+        "{exposed}"
+    );
     // A refused origin gets no CORS headers (the browser then blocks the answer).
     let r = s
         .client
@@ -352,7 +500,10 @@ async fn request_ids_are_echoed_generated_and_logged() {
     assert_eq!(a["fields"]["route"], "/v1/models");
     assert_eq!(a["fields"]["status"], 200);
     assert_eq!(a["fields"]["method"], "GET");
-    assert!(a["fields"]["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(a["fields"]["client"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
     let b = line(&generated);
     assert_eq!(b["fields"]["route"], "/v1/images/{image_id}/segment");
     assert_eq!(b["fields"]["status"], 400);
@@ -427,6 +578,10 @@ async fn a_client_at_its_cap_gets_429_while_another_is_served() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(s.metric("samserve_rejected_requests_total", "client_limit").await >= 1.0);
+    assert!(
+        s.metric("samserve_rejected_requests_total", "client_limit")
+            .await
+            >= 1.0
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

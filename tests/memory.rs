@@ -133,7 +133,10 @@ async fn peak_memory_of_one_request_is_bounded_whatever_the_shape() {
     // limit, this 64000000x1 image (62 KB) took the RSS up by 3.5 GB.
     let mut thin = Vec::new();
     image::GrayImage::new(64_000_000, 1)
-        .write_to(&mut std::io::Cursor::new(&mut thin), image::ImageFormat::Png)
+        .write_to(
+            &mut std::io::Cursor::new(&mut thin),
+            image::ImageFormat::Png,
+        )
         .unwrap();
     let (st, grew) = upload_and_click(&s, thin, 64_000_000, 1).await;
     report.push(format!("64000000x1: {st}, +{} MiB", grew / MIB));

@@ -12,7 +12,9 @@ use std::process::Command;
 
 /// The first ```sh block after the "### Examples" heading.
 fn examples_block(readme: &str) -> String {
-    let start = readme.find("### Examples").expect("README has an Examples section");
+    let start = readme
+        .find("### Examples")
+        .expect("README has an Examples section");
     let rest = &readme[start..];
     let open = rest.find("```sh\n").expect("Examples has an sh block") + "```sh\n".len();
     let close = rest[open..].find("\n```").expect("sh block is closed");
@@ -23,7 +25,10 @@ fn examples_block(readme: &str) -> String {
 async fn readme_curl_examples_run_top_to_bottom() {
     let readme = std::fs::read_to_string(common::repo().join("README.md")).unwrap();
     let block = examples_block(&readme);
-    assert!(block.contains("localhost:8080"), "examples talk to localhost:8080");
+    assert!(
+        block.contains("localhost:8080"),
+        "examples talk to localhost:8080"
+    );
     let s = common::TestServer::default().await;
     let host = s.base.trim_start_matches("http://").to_string();
     let script = format!(
@@ -52,6 +57,9 @@ async fn readme_curl_examples_run_top_to_bottom() {
         stderr
     );
     // The block really reached the model: a segment answer and an everything answer.
-    assert!(stdout.contains("\"results\""), "no segment answer in the output");
+    assert!(
+        stdout.contains("\"results\""),
+        "no segment answer in the output"
+    );
     assert!(stdout.contains("\"masks\""), "no masks in the output");
 }

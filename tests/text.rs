@@ -38,7 +38,11 @@ fn cos(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 #[test]
@@ -50,14 +54,22 @@ fn token_ids_match_python_tokenizers() {
     let mut truncated = 0;
     for c in cases {
         let text = c["text"].as_str().unwrap();
-        let want: Vec<i64> = c["ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let want: Vec<i64> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
         let got = tok.ids(text).unwrap();
         assert_eq!(got, want, "token ids of {text:?}");
         if want.len() == doc["max_tokens"].as_u64().unwrap() as usize {
             truncated += 1;
         }
     }
-    assert!(truncated >= 1, "the fixture list must hold a phrase past the maximum length");
+    assert!(
+        truncated >= 1,
+        "the fixture list must hold a phrase past the maximum length"
+    );
 }
 
 #[test]
@@ -84,7 +96,9 @@ fn region_features_and_tower_match_python() {
     let cases = doc["cases"].as_array().unwrap();
     assert!(cases.len() >= 10);
     for (i, c) in cases.iter().enumerate() {
-        let img = image::open(fixtures().join(c["image"].as_str().unwrap())).unwrap().to_rgb8();
+        let img = image::open(fixtures().join(c["image"].as_str().unwrap()))
+            .unwrap()
+            .to_rgb8();
         let rle: CocoRle = serde_json::from_value(c["rle"].clone()).unwrap();
         let mask = decode(&rle).unwrap();
         let got = region_features(&img, &mask);
@@ -126,15 +140,31 @@ async fn text_prompt_errors_are_precise() {
     for (body, want, needle) in [
         (seg(json!({"text": ""})), "invalid_prompt", "empty"),
         (seg(json!({"text": "   "})), "invalid_prompt", "empty"),
-        (seg(json!({"text": "x".repeat(300)})), "invalid_prompt", "300 characters"),
+        (
+            seg(json!({"text": "x".repeat(300)})),
+            "invalid_prompt",
+            "300 characters",
+        ),
         (
             seg(json!({"text": "the red star", "points": [{"x": 5, "y": 5}]})),
             "invalid_prompt",
             "points",
         ),
-        (seg(json!({"text": "the red star", "max_masks": 0})), "invalid_prompt", "max_masks"),
-        (seg(json!({"text": "the red star", "max_masks": 101})), "invalid_prompt", "max_masks"),
-        (seg(json!({"points": [{"x": 5, "y": 5}], "max_masks": 2})), "invalid_prompt", "text prompts only"),
+        (
+            seg(json!({"text": "the red star", "max_masks": 0})),
+            "invalid_prompt",
+            "max_masks",
+        ),
+        (
+            seg(json!({"text": "the red star", "max_masks": 101})),
+            "invalid_prompt",
+            "max_masks",
+        ),
+        (
+            seg(json!({"points": [{"x": 5, "y": 5}], "max_masks": 2})),
+            "invalid_prompt",
+            "text prompts only",
+        ),
         (
             seg(json!({"text": "the red star", "box": [50, 50, 10, 10]})),
             "invalid_prompt",
@@ -158,9 +188,19 @@ async fn text_prompt_errors_are_precise() {
     let (status, _) = s.segment(&id, &json!({"prompts": [{"text": 5}]})).await;
     assert!(status == 400 || status == 422);
     // Everything with text: same text checks.
-    let (status, v) = post(&s, &format!("/v1/images/{id}/everything"), &json!({"text": ""})).await;
+    let (status, v) = post(
+        &s,
+        &format!("/v1/images/{id}/everything"),
+        &json!({"text": ""}),
+    )
+    .await;
     assert_eq!(status, 422, "{v}");
-    let (status, v) = post(&s, &format!("/v1/images/{id}/everything"), &json!({"text_threshold": 0.2})).await;
+    let (status, v) = post(
+        &s,
+        &format!("/v1/images/{id}/everything"),
+        &json!({"text_threshold": 0.2}),
+    )
+    .await;
     assert_eq!(status, 422, "{v}");
     // The server still answers.
     let models = s.get_json("/v1/models").await;
@@ -178,11 +218,24 @@ async fn text_on_a_model_without_text_is_text_not_supported() {
         .as_str()
         .unwrap()
         .to_string();
-    let (status, v) = s.segment(&id, &json!({"prompts": [{"text": "the red disc"}]})).await;
+    let (status, v) = s
+        .segment(&id, &json!({"prompts": [{"text": "the red disc"}]}))
+        .await;
     assert_eq!(status, 422, "{v}");
     assert_eq!(v["error"]["code"], "text_not_supported");
-    assert!(v["error"]["message"].as_str().unwrap().contains("none are loaded"), "{v}");
-    let (status, v) = post(&s, &format!("/v1/images/{id}/everything"), &json!({"text": "a star"})).await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("none are loaded"),
+        "{v}"
+    );
+    let (status, v) = post(
+        &s,
+        &format!("/v1/images/{id}/everything"),
+        &json!({"text": "a star"}),
+    )
+    .await;
     assert_eq!(status, 422, "{v}");
     assert_eq!(v["error"]["code"], "text_not_supported");
 }
@@ -206,8 +259,14 @@ async fn heldout_query_hits(s: &TestServer) -> (usize, usize, Vec<String>) {
             assert_eq!(status, 200, "{v}");
             let masks = v["results"][0]["masks"].as_array().unwrap();
             assert!(!masks.is_empty() && masks.len() <= 3);
-            let scores: Vec<f64> = masks.iter().map(|m| m["text_score"].as_f64().unwrap()).collect();
-            assert!(scores.windows(2).all(|w| w[0] >= w[1]), "sorted by text_score: {scores:?}");
+            let scores: Vec<f64> = masks
+                .iter()
+                .map(|m| m["text_score"].as_f64().unwrap())
+                .collect();
+            assert!(
+                scores.windows(2).all(|w| w[0] >= w[1]),
+                "sorted by text_score: {scores:?}"
+            );
             let truth: CocoRle = serde_json::from_value(query["rle"].clone()).unwrap();
             let iou = rle_mask(&masks[0]).iou(&decode(&truth).unwrap());
             total += 1;
@@ -218,7 +277,10 @@ async fn heldout_query_hits(s: &TestServer) -> (usize, usize, Vec<String>) {
             }
         }
     }
-    eprintln!("text queries: {hits}/{total} = {:.3}; misses: {misses:?}", hits as f64 / total as f64);
+    eprintln!(
+        "text queries: {hits}/{total} = {:.3}; misses: {misses:?}",
+        hits as f64 / total as f64
+    );
     (hits, total, misses)
 }
 
@@ -231,8 +293,18 @@ async fn phrases_find_some_objects_on_heldout_scenes() {
     let s = TestServer::default().await;
     let (hits, total, misses) = heldout_query_hits(&s).await;
     assert!(total >= 10);
-    assert!(s.metric("samserve_text_cache_total", "cache=\"candidates\",result=\"hit\"").await >= 1.0);
-    assert!(hits >= 2, "{hits}/{total} text queries found their object; misses: {misses:?}");
+    assert!(
+        s.metric(
+            "samserve_text_cache_total",
+            "cache=\"candidates\",result=\"hit\""
+        )
+        .await
+            >= 1.0
+    );
+    assert!(
+        hits >= 2,
+        "{hits}/{total} text queries found their object; misses: {misses:?}"
+    );
 }
 
 /// The target of issue 11: the named object first for >= 80 % of the queries. Ignored
@@ -243,7 +315,10 @@ async fn phrases_find_their_objects_on_heldout_scenes() {
     let s = TestServer::default().await;
     let (hits, total, misses) = heldout_query_hits(&s).await;
     let frac = hits as f64 / total as f64;
-    assert!(frac >= 0.8, "{hits}/{total} text queries found their object; misses: {misses:?}");
+    assert!(
+        frac >= 0.8,
+        "{hits}/{total} text queries found their object; misses: {misses:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,14 +337,25 @@ async fn text_with_a_box_and_in_segment_everything() {
     // A box around the named object: every returned mask lies inside it (with the slack).
     let bx = [x as f64, y as f64, (x + w) as f64, (y + h) as f64];
     let (status, v) = s
-        .segment(&id, &json!({"prompts": [{"text": phrase, "box": bx, "max_masks": 5}]}))
+        .segment(
+            &id,
+            &json!({"prompts": [{"text": phrase, "box": bx, "max_masks": 5}]}),
+        )
         .await;
     assert_eq!(status, 200, "{v}");
     for m in v["results"][0]["masks"].as_array().unwrap() {
-        let b = m["bbox"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect::<Vec<_>>();
+        let b = m["bbox"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect::<Vec<_>>();
         let (sx, sy) = (0.05 * (bx[2] - bx[0]) + 2.0, 0.05 * (bx[3] - bx[1]) + 2.0);
         assert!(b[0] >= bx[0] - sx && b[1] >= bx[1] - sy, "{m}");
-        assert!(b[0] + b[2] <= bx[2] + sx && b[1] + b[3] <= bx[3] + sy, "{m}");
+        assert!(
+            b[0] + b[2] <= bx[2] + sx && b[1] + b[3] <= bx[3] + sy,
+            "{m}"
+        );
     }
     // Mixed request: a click prompt and a text prompt answer in order.
     let (status, v) = s

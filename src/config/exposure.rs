@@ -54,6 +54,10 @@ pub struct ExposureConfig {
     pub metrics_require_key: bool,
 
     /// Origins allowed by CORS (repeatable; `*` for any). None: no CORS headers.
-    #[arg(long = "cors-allow-origin", env = "SAMSERVE_CORS_ALLOW_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "cors-allow-origin",
+        env = "SAMSERVE_CORS_ALLOW_ORIGINS",
+        value_delimiter = ','
+    )]
     pub cors_allow_origins: Vec<String>,
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::cache::{EmbeddingCache, ImageKey};
+use super::decode_gate::DecodeGate;
 use super::mask_store::MaskStore;
 use super::masks::{self, BinaryMask};
 use super::prompts::{prepare_prompts, Prompt, PromptLimits};
@@ -25,7 +26,6 @@ use crate::runtime::model::{
     SessionOptions, TokenOutput, MASK_THRESHOLD,
 };
 use crate::runtime::preprocess::{prepare, PreparedImage};
-use super::decode_gate::DecodeGate;
 
 type EncodeQueue = WorkerQueue<PreparedImage, Embedding>;
 type DecodeJob = (Arc<Embedding>, Vec<DecoderPrompt>);

@@ -241,7 +241,9 @@ fn validate<'a>(
         None => None,
         Some(b @ [x0, y0, x1, y1]) => {
             if b.iter().any(|v| !v.is_finite()) {
-                return Err(ApiError::prompt(format!("prompt {i}: box has a non-finite coordinate")));
+                return Err(ApiError::prompt(format!(
+                    "prompt {i}: box has a non-finite coordinate"
+                )));
             }
             if x0 < 0.0 || y0 < 0.0 || x1 > w as f64 || y1 > h as f64 {
                 return Err(ApiError::prompt(format!(
@@ -308,10 +310,19 @@ impl Engine {
     }
 
     /// The unit vector of a phrase, from the cache or the text tower.
-    pub async fn phrase_embedding(&self, model: Option<&str>, text: &str) -> ApiResult<Arc<Vec<f32>>> {
+    pub async fn phrase_embedding(
+        &self,
+        model: Option<&str>,
+        text: &str,
+    ) -> ApiResult<Arc<Vec<f32>>> {
         let (t, _) = self.text_handle(model)?;
         let key = (t.manifest.name.clone(), text.to_string());
-        let counter = |r: &str| t.metrics.text_cache_total.with_label_values(&["phrase", r]).inc();
+        let counter = |r: &str| {
+            t.metrics
+                .text_cache_total
+                .with_label_values(&["phrase", r])
+                .inc()
+        };
         if let Some(v) = self.text_caches.phrases.get(&key).await {
             counter("hit");
             return Ok(v);
@@ -362,10 +373,13 @@ impl Engine {
         image_id: &str,
         t: &TextHandle,
     ) -> ApiResult<Candidates> {
-        let original = self.original(image_id).await.ok_or_else(|| ApiError::NotFound {
-            what: "image file (text prompts need the pixels; upload the image again)",
-            id: image_id.to_string(),
-        })?;
+        let original = self
+            .original(image_id)
+            .await
+            .ok_or_else(|| ApiError::NotFound {
+                what: "image file (text prompts need the pixels; upload the image again)",
+                id: image_id.to_string(),
+            })?;
         let pixels = tokio::spawn(async move {
             tokio::task::spawn_blocking(move || decode_image(&original, u64::MAX).map(|d| d.rgb))
                 .await
@@ -381,7 +395,9 @@ impl Engine {
             .await?;
         let rgb = Arc::new(pixels.await.map_err(ApiError::internal)??);
         if rgb.width() != width || rgb.height() != height {
-            return Err(ApiError::internal("decoded image size differs from the embedding's"));
+            return Err(ApiError::internal(
+                "decoded image size differs from the embedding's",
+            ));
         }
         let masks: Vec<_> = out.masks.into_iter().filter(|m| m.area > 0).collect();
         let per_task = masks.len().div_ceil(self.postprocess_tasks.max(1)).max(1);
@@ -517,14 +533,22 @@ impl Engine {
             )));
         }
         let phrase = self.phrase_embedding(model, text).await?;
-        let original = self.original(image_id).await.ok_or_else(|| ApiError::NotFound {
-            what: "image file (text scoring needs the pixels; upload the image again)",
-            id: image_id.to_string(),
-        })?;
+        let original = self
+            .original(image_id)
+            .await
+            .ok_or_else(|| ApiError::NotFound {
+                what: "image file (text scoring needs the pixels; upload the image again)",
+                id: image_id.to_string(),
+            })?;
         let owned: Vec<BinaryMask> = masks.to_vec();
         let features = tokio::task::spawn_blocking(move || {
             let rgb = decode_image(&original, u64::MAX)?.rgb;
-            Ok::<_, ApiError>(owned.iter().map(|m| region_features(&rgb, m)).collect::<Vec<_>>())
+            Ok::<_, ApiError>(
+                owned
+                    .iter()
+                    .map(|m| region_features(&rgb, m))
+                    .collect::<Vec<_>>(),
+            )
         })
         .await
         .map_err(ApiError::internal)??;
@@ -553,7 +577,11 @@ impl Engine {
                 self.limits_max_prompts()
             )));
         }
-        let others: Vec<Prompt> = prompts.iter().filter(|p| p.text.is_none()).cloned().collect();
+        let others: Vec<Prompt> = prompts
+            .iter()
+            .filter(|p| p.text.is_none())
+            .cloned()
+            .collect();
         let mut other_masks = if others.is_empty() {
             Vec::new().into_iter()
         } else {

@@ -61,7 +61,10 @@ pub async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 /// `text/plain` or a form, which browsers send cross-origin without a CORS preflight.
 pub async fn read_json_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
     match media_type(&req)?.as_deref() {
-        Some(m) if m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")) => {
+        Some(m)
+            if m == "application/json"
+                || (m.starts_with("application/") && m.ends_with("+json")) =>
+        {
             read_limited(req.into_body(), limit).await
         }
         other => Err(ApiError::UnsupportedMediaType(format!(

@@ -173,9 +173,7 @@ fn parse_request(body: &[u8], allow_image: bool) -> ApiResult<(EverythingRequest
         },
     };
     if text_threshold.is_some() && text.is_none() {
-        return Err(ApiError::InvalidPrompt(
-            "text_threshold needs text".into(),
-        ));
+        return Err(ApiError::InvalidPrompt("text_threshold needs text".into()));
     }
     let output: OutputFormat = match obj.remove("output") {
         Some(o) => serde_json::from_value(o)
@@ -370,14 +368,14 @@ async fn run(
                     .map(|m| m.spec.name.clone())
                     .unwrap_or_default();
                 let summary = summary_json(&out.summary, &model_name, w, h, &image_id);
-                let scored = match score(&engine, model.as_deref(), &image_id, text, out.masks).await
-                {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = tx.send(error_line(&e)).await;
-                        return;
-                    }
-                };
+                let scored =
+                    match score(&engine, model.as_deref(), &image_id, text, out.masks).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = tx.send(error_line(&e)).await;
+                            return;
+                        }
+                    };
                 for (m, s) in scored {
                     let rec = tokio::task::spawn_blocking(move || {
                         let mut r = encode_record(m, output);

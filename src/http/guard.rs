@@ -84,7 +84,10 @@ fn parse_keys(text: &str) -> anyhow::Result<Vec<KeyEntry>> {
             },
         };
         if entry.id.is_empty() || entry.id.chars().any(|c| c.is_whitespace()) {
-            anyhow::bail!("line {}: the key id must be non-empty without spaces", n + 1);
+            anyhow::bail!(
+                "line {}: the key id must be non-empty without spaces",
+                n + 1
+            );
         }
         keys.push(entry);
     }

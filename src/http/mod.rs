@@ -9,8 +9,8 @@ pub mod everything;
 pub mod guard;
 pub mod images;
 pub mod openapi;
-pub mod serve;
 pub mod page;
+pub mod serve;
 pub mod system;
 pub mod types;
 

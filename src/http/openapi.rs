@@ -3,13 +3,13 @@
 use utoipa::OpenApi;
 
 use super::{downloads, everything, images, system, types};
-use utoipa::openapi::{self as oa, security as sec};
 use crate::core::amg::{AmgParams, AmgPreset};
 use crate::core::engine::OutputFormat;
 use crate::core::masks::polygon::Polygon;
 use crate::core::masks::rle::CocoRle;
 use crate::core::prompts::{Point, Prompt};
 use crate::error::{ErrorBody, ErrorDetail};
+use utoipa::openapi::{self as oa, security as sec};
 
 /// The API description.
 #[derive(OpenApi)]

@@ -92,7 +92,8 @@ pub async fn serve(
         let svc = hyper::service::service_fn({
             let app = app.clone();
             move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(remote));
+                req.extensions_mut()
+                    .insert(ConnectInfo::<SocketAddr>(remote));
                 app.clone().oneshot(req.map(axum::body::Body::new))
             }
         });

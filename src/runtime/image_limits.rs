@@ -144,7 +144,11 @@ mod tests {
 
     #[test]
     fn complete_jpegs_pass_and_truncated_ones_fail() {
-        for name in ["scene_640x480.jpg", "large_1200x777.jpg", "exif6_300x450.jpg"] {
+        for name in [
+            "scene_640x480.jpg",
+            "large_1200x777.jpg",
+            "exif6_300x450.jpg",
+        ] {
             let bytes = fixture(name);
             assert!(jpeg_is_complete(&bytes), "{name}");
             // Trailing bytes after the end marker (some cameras append data) are fine.
@@ -155,7 +159,10 @@ mod tests {
                 let cut = bytes.len() * pct / 100;
                 assert!(!jpeg_is_complete(&bytes[..cut]), "{name} cut at {pct}%");
             }
-            assert!(!jpeg_is_complete(&bytes[..bytes.len() - 2]), "{name} without EOI");
+            assert!(
+                !jpeg_is_complete(&bytes[..bytes.len() - 2]),
+                "{name} without EOI"
+            );
         }
         assert!(!jpeg_is_complete(b""));
         assert!(!jpeg_is_complete(&[0xff, 0xd8, 0xff, 0xd9]));
@@ -183,6 +190,8 @@ mod tests {
         );
         assert!(l.check_decoded_bytes("png", 10, 100, 3000).is_ok());
         assert!(l.check_decoded_bytes("png", 10, 100, 3001).is_err());
-        assert!(DecodeLimits::pixels_only(10).check_size("png", 10, 1).is_ok());
+        assert!(DecodeLimits::pixels_only(10)
+            .check_size("png", 10, 1)
+            .is_ok());
     }
 }

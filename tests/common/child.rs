@@ -69,7 +69,10 @@ impl ChildServer {
                     break;
                 }
             }
-            assert!(started.elapsed() < Duration::from_secs(300), "samserve never got ready");
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "samserve never got ready"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         s

@@ -121,25 +121,35 @@ impl TestServer {
 
     /// Reads one metric sample (sum over matching label sets) from /metrics.
     pub async fn metric(&self, name: &str, label_filter: &str) -> f64 {
-        let text = self
-            .client
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| {
-                let (head, _) = l.rsplit_once(' ').unwrap_or((l, ""));
-                let metric = head.split('{').next().unwrap_or("");
-                metric == name && head.contains(label_filter)
-            })
-            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-            .sum()
+        metric_at(&self.client, &self.base, name, label_filter).await
     }
+}
+
+/// Sum of the samples of metric `name` whose labels contain `label_filter`, scraped from
+/// `{base}/metrics` (any server: a TestServer or a child process).
+pub async fn metric_at(
+    client: &reqwest::Client,
+    base: &str,
+    name: &str,
+    label_filter: &str,
+) -> f64 {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let (head, _) = l.rsplit_once(' ').unwrap_or((l, ""));
+            let metric = head.split('{').next().unwrap_or("");
+            metric == name && head.contains(label_filter)
+        })
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
 }
 
 /// A deterministic test image: smooth background with a few filled shapes.

@@ -53,7 +53,11 @@ pub fn region_features(rgb: &RgbImage, mask: &BinaryMask) -> [f32; N_FEATURES] {
             sx += x as f64;
             sy += y as f64;
             let p = &pixels[(y * w + x) * 3..(y * w + x) * 3 + 3];
-            let c = [p[0] as f64 / 255.0, p[1] as f64 / 255.0, p[2] as f64 / 255.0];
+            let c = [
+                p[0] as f64 / 255.0,
+                p[1] as f64 / 255.0,
+                p[2] as f64 / 255.0,
+            ];
             for k in 0..3 {
                 sum[k] += c[k];
                 sq[k] += c[k] * c[k];
@@ -135,7 +139,9 @@ pub fn region_features(rgb: &RgbImage, mask: &BinaryMask) -> [f32; N_FEATURES] {
     }
     let (c20, c02, c11) = (mu20 / a, mu02 / a, mu11 / a);
     let tr = c20 + c02;
-    let disc = ((c20 - c02) * (c20 - c02) + 4.0 * c11 * c11).max(0.0).sqrt();
+    let disc = ((c20 - c02) * (c20 - c02) + 4.0 * c11 * c11)
+        .max(0.0)
+        .sqrt();
     let l1 = (tr + disc) / 2.0 + 1.0 / 12.0;
     let l2 = ((tr - disc) / 2.0).max(0.0) + 1.0 / 12.0;
     let holes = count_holes(data, w, x0, y0, bw, bh);
@@ -235,8 +241,7 @@ fn hull_area(mut pts: Vec<(i64, i64)>) -> f64 {
     }
     let lower_len = hull.len() + 1;
     for &p in pts.iter().rev().skip(1) {
-        while hull.len() >= lower_len && cross(hull[hull.len() - 2], hull[hull.len() - 1], p) <= 0
-        {
+        while hull.len() >= lower_len && cross(hull[hull.len() - 2], hull[hull.len() - 1], p) <= 0 {
             hull.pop();
         }
         hull.push(p);

@@ -96,9 +96,10 @@ impl TextFiles {
     /// Reads a text model folder.
     pub fn from_dir(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(TEXT_MANIFEST_FILE);
-        let text =
-            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let manifest = Self::parse_manifest(&text).with_context(|| format!("in {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let manifest =
+            Self::parse_manifest(&text).with_context(|| format!("in {}", path.display()))?;
         let read = |file: &str| {
             let p = dir.join(file);
             std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
@@ -119,7 +120,9 @@ impl TextFiles {
             manifest,
             text_encoder: include_bytes!("../../../models/text-minilm/text.onnx").to_vec(),
             tokenizer: include_bytes!("../../../models/text-minilm/tokenizer.json").to_vec(),
-            region_encoder: Some(include_bytes!("../../../models/text-minilm/region.onnx").to_vec()),
+            region_encoder: Some(
+                include_bytes!("../../../models/text-minilm/region.onnx").to_vec(),
+            ),
         })
     }
 }
