@@ -385,7 +385,7 @@ async fn cluster_of_three_behind_nginx_with_a_shared_store() {
 
     // (a) Affinity: every request for one image id, PUT included, lands on one replica.
     let images: Vec<Vec<u8>> = (0..6)
-        .map(|s| common::synthetic_png(320 + s * 8, 240, 100 + s as u32))
+        .map(|s| common::synthetic_png(320 + s * 8, 240, 100 + s))
         .collect();
     let ids: Vec<String> = images
         .iter()
