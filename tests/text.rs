@@ -126,15 +126,20 @@ fn scene_png(name: &str) -> Vec<u8> {
     std::fs::read(fixtures().join(name)).unwrap()
 }
 
+/// Uploads a fixture scene of queries.json; returns its image id.
+async fn upload_scene(s: &TestServer, scene: &Value) -> String {
+    s.upload(&scene_png(scene["image"].as_str().unwrap())).await["image_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_prompt_errors_are_precise() {
     let s = TestServer::default().await;
     let q = read_json("queries.json");
     let scene = &q["scenes"][0];
-    let id = s.upload(&scene_png(scene["image"].as_str().unwrap())).await["image_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = upload_scene(&s, scene).await;
     let code = |v: &Value| v["error"]["code"].as_str().unwrap_or("").to_string();
     let seg = |p: Value| json!({ "prompts": [p] });
     for (body, want, needle) in [
@@ -247,10 +252,7 @@ async fn heldout_query_hits(s: &TestServer) -> (usize, usize, Vec<String>) {
     let (mut hits, mut total) = (0usize, 0usize);
     let mut misses = Vec::new();
     for scene in q["scenes"].as_array().unwrap() {
-        let id = s.upload(&scene_png(scene["image"].as_str().unwrap())).await["image_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let id = upload_scene(s, scene).await;
         for query in scene["queries"].as_array().unwrap() {
             let phrase = query["train"].as_str().unwrap();
             let (status, v) = s
@@ -326,10 +328,7 @@ async fn text_with_a_box_and_in_segment_everything() {
     let s = TestServer::default().await;
     let q = read_json("queries.json");
     let scene = &q["scenes"][0];
-    let id = s.upload(&scene_png(scene["image"].as_str().unwrap())).await["image_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = upload_scene(&s, scene).await;
     let query = &scene["queries"][0];
     let phrase = query["train"].as_str().unwrap();
     let truth = decode(&serde_json::from_value::<CocoRle>(query["rle"].clone()).unwrap()).unwrap();
