@@ -287,9 +287,10 @@ async fn heldout_query_hits(s: &TestServer) -> (usize, usize, Vec<String>) {
 }
 
 /// Floor under what the current default model + text towers reach through the server
-/// (models/text-minilm/MODEL_CARD.md: 3 of these 20 queries; a random candidate would find
-/// about 1 in 30), so that a broken text path (tokenizer, towers, features, scoring, sort)
-/// is caught; and a second phrase on a cached image reuses the candidates.
+/// (8 of these 20 queries when the tower was trained; a random one of the ~290 candidates
+/// finds the object about 1 time in 100), so that a broken text path (tokenizer, towers,
+/// features, scoring, sort, candidate parameters) is caught; and a second phrase on a
+/// cached image reuses the candidates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phrases_find_some_objects_on_heldout_scenes() {
     let s = TestServer::default().await;
@@ -304,7 +305,7 @@ async fn phrases_find_some_objects_on_heldout_scenes() {
             >= 1.0
     );
     assert!(
-        hits >= 2,
+        hits >= 5,
         "{hits}/{total} text queries found their object; misses: {misses:?}"
     );
 }

@@ -106,6 +106,29 @@ def eval_gt(args, towers):
     return hits, chance
 
 
+def lm_probe(towers):
+    """What MiniLM alone knows of the held-out synonyms: each held-out phrase "the {colour}
+    {shape}" against the centroids of the training phrasings of all colour x shape classes.
+    A region tower trained on training words can at best put a region at its class's
+    training centroid, so this bounds held-out-vocabulary accuracy from the language side."""
+    classes = [(c, s) for c in text_data.TRAIN_COLOURS for s in text_data.TRAIN_SHAPES]
+    cent = []
+    for c, s in classes:
+        e = np.mean([towers.phrase(f"the {a} {b}") for a in text_data.TRAIN_COLOURS[c]
+                     for b in text_data.TRAIN_SHAPES[s]], 0)
+        cent.append(e / np.linalg.norm(e))
+    cent = np.stack(cent)
+    joint, col, shp = [], [], []
+    for k, (c, s) in enumerate(classes):
+        for a in text_data.HELDOUT_COLOURS[c]:
+            for b in text_data.HELDOUT_SHAPES[s]:
+                p = int(np.argmax(cent @ towers.phrase(f"the {a} {b}")))
+                joint.append(p == k)
+                col.append(classes[p][0] == c)
+                shp.append(classes[p][1] == s)
+    return len(classes), float(np.mean(joint)), float(np.mean(col)), float(np.mean(shp)), len(joint)
+
+
 def _free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -162,7 +185,7 @@ def eval_server(args):
                     (first if (j == 0 and vocab == "train") else repeat).append(time.perf_counter() - t)
                     masks = r["results"][0]["masks"]
                     hits[vocab].append(bool(masks) and iou(_rle_decode(masks[0]["rle"]), m) >= 0.5)
-            ev = _post(f"{base}/v1/images/{iid}/everything", dict(TEXT_SEARCH_PARAMS))
+            ev = _post(f"{base}/v1/images/{iid}/everything", text_search_params(args.text_model))
             cands = [_rle_decode(x["segmentation"]) for x in ev["masks"]]
             for o, m, _, _ in qs:
                 chance.append(float(np.mean([iou(c, m) >= 0.5 for c in cands])) if cands else 0.0)
@@ -172,9 +195,13 @@ def eval_server(args):
         proc.wait(timeout=30)
 
 
-# Keep in step with default_candidate_params() in src/core/text_search.rs.
-TEXT_SEARCH_PARAMS = {"points_per_side": 16, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.8,
-                      "box_nms_thresh": 0.7, "crop_n_layers": 0, "max_masks": 300}
+def text_search_params(text_model):
+    """The candidate search of a text model (its text.json `candidates`), over the server's
+    defaults (keep in step with default_candidate_params() in src/core/text_search.rs)."""
+    p = {"points_per_side": 16, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.8,
+         "box_nms_thresh": 0.7, "crop_n_layers": 0, "max_masks": 300}
+    p.update(json.loads((Path(text_model) / "text.json").read_text()).get("candidates", {}))
+    return p
 
 
 def write_fixtures(out, n_scenes=4, long_side=384):
@@ -231,6 +258,10 @@ def main(argv=None):
     for name, h, c in rows:
         lines.append(f"| {name} | {np.mean(h['train']):.3f} (n={len(h['train'])}) | "
                      f"{np.mean(h['heldout']):.3f} (n={len(h['heldout'])}) | {np.mean(c):.3f} |")
+    nc, pj, pc, ps, pn = lm_probe(towers)
+    lines += ["", f"Language-side bound (MiniLM alone, {pn} held-out phrases against the training-phrasing "
+              f"centroids of all {nc} colour x shape classes): nearest centroid is the right class "
+              f"{pj:.3f}, the right colour {pc:.3f}, the right shape {ps:.3f}."]
     if lat:
         lines += ["", f"Server latency per text query: first query on an image (candidate search) p50 "
                   f"{np.median(lat[0]) * 1000:.0f} ms, later queries p50 {np.median(lat[1]) * 1000:.0f} ms."]

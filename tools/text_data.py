@@ -97,6 +97,13 @@ def phrasings(rng, colour, shape, area_frac, cx, cy, vocab="train", n=4) -> list
 # ---------------------------------------------------------------------------------------
 # Region features. Keep in step with src/runtime/text/features.rs (same order, same maths).
 
+# Radial profile: the farthest mask pixel from the centroid in each of RADIAL_BINS angular
+# sectors, normalised by its mean. Its DFT magnitudes do not change when the object
+# rotates, and they name the shape: a five-pointed star is strong at harmonic 5, a triangle
+# at 3, rectangles and bars at 2 and 4, ellipses at 2 only.
+RADIAL_BINS = 32
+RADIAL_HARMONICS = 8
+
 FEATURE_NAMES = (
     ["mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "mean_sat", "mean_val", "mean_chroma",
      "hue_x", "hue_y"]
@@ -104,6 +111,8 @@ FEATURE_NAMES = (
     + ["area_frac", "sqrt_area_frac", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "log_aspect", "extent",
        "centroid_x", "centroid_y", "elongation", "compactness", "perimeter_ratio", "hole_frac", "solidity",
        "log_hu1", "log_hu2", "log_hu3", "log_hu4"]
+    + [f"radial_harmonic_{k}" for k in range(1, RADIAL_HARMONICS + 1)]
+    + ["radial_cv", "radial_fill"]
 )
 N_FEATURES = len(FEATURE_NAMES)
 
@@ -279,4 +288,30 @@ def region_features(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     f[54] = math.log(hu2 + 1e-9)
     f[55] = math.log(hu3 + 1e-9)
     f[56] = math.log(hu4 + 1e-9)
+    f[57:] = _radial_features(dx, dy, area)
     return f.astype(np.float32)
+
+
+def _radial_features(dx, dy, area):
+    """RADIAL_HARMONICS DFT magnitudes, coefficient of variation and fill of the radial profile.
+
+    dx, dy: pixel offsets from the centroid (pixel indices; the +0.5 of pixel centres cancels).
+    """
+    rad = np.sqrt(dx * dx + dy * dy)
+    ang = np.arctan2(dy, dx)  # [-pi, pi]
+    b = np.minimum(((ang + math.pi) * (RADIAL_BINS / (2 * math.pi))).astype(np.int64), RADIAL_BINS - 1)
+    rmax = np.zeros(RADIAL_BINS)
+    np.maximum.at(rmax, b, rad)
+    out = np.zeros(RADIAL_HARMONICS + 2)
+    m = rmax.mean()
+    if m <= 0:
+        return out
+    r = rmax / m
+    j = np.arange(RADIAL_BINS)
+    for k in range(1, RADIAL_HARMONICS + 1):
+        ph = 2 * math.pi * k * j / RADIAL_BINS
+        out[k - 1] = math.hypot(float((r * np.cos(ph)).sum()), float((r * np.sin(ph)).sum())) / RADIAL_BINS
+    out[RADIAL_HARMONICS] = r.std()
+    # Pixels over the area of the profile's polygon-ish disc: low for spiky or hollow shapes.
+    out[RADIAL_HARMONICS + 1] = area / (math.pi * float((rmax * rmax).mean()) + 1.0)
+    return out

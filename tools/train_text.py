@@ -95,12 +95,15 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default="target/text/train_regions.npz")
     ap.add_argument("--fixtures", default="tests/fixtures/text")
+    ap.add_argument("--candidates", help="folder of tools/text_candidates.py output (server candidates)")
+    ap.add_argument("--hidden", type=int, default=256, help="width of the region tower's hidden layers")
+    ap.add_argument("--cand-scenes", type=int, default=2, help="candidate scenes per batch")
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)  # tiny MLP: more threads only spin on a busy machine
     t0 = time.time()
     cache = Path(args.cache)
-    if cache.exists() and json.loads(str(np.load(cache)["meta"])) == {"scenes": args.scenes, "seed": args.seed}:
+    if cache.exists() and json.loads(str(np.load(cache)["meta"])) == {"scenes": args.scenes, "seed": args.seed, "features": text_data.N_FEATURES}:
         z = np.load(cache)
         feats, colours, shapes, geo = z["feats"], list(z["colours"]), list(z["shapes"]), z["geo"]
     else:
@@ -112,15 +115,27 @@ def main(argv=None):
         geo = np.array([r[3:] for r in rows], np.float64)
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, feats=feats, colours=colours, shapes=shapes, geo=geo,
-                 meta=json.dumps({"scenes": args.scenes, "seed": args.seed}))
+                 meta=json.dumps({"scenes": args.scenes, "seed": args.seed, "features": text_data.N_FEATURES}))
     n = len(feats)
     print(f"{n} regions ({time.time() - t0:.0f}s)", flush=True)
+
+    # Candidate masks of the server's own search (tools/text_candidates.py), if given:
+    # matched ones are extra positives, the rest in-scene negatives for the phrase.
+    cand = load_candidates(args.candidates) if args.candidates else None
+    if cand is not None:
+        print(f"{len(cand['feats'])} server candidates of {cand['n_scenes']} scenes, "
+              f"{int((cand['obj'] >= 0).sum())} matched to an object", flush=True)
 
     # Captions: several training-vocabulary phrasings per region, embedded once by MiniLM.
     rng = np.random.default_rng(args.seed + 1)
     caps = [text_data.phrasings(rng, c, s, *g, vocab="train", n=args.captions)
             for c, s, g in zip(colours, shapes, geo)]
-    uniq = sorted({t for cs in caps for t in cs})
+    if cand is not None:
+        ccaps = [text_data.phrasings(rng, c, s, *g, vocab="train", n=args.captions)
+                 for c, s, g in zip(cand["colours"], cand["shapes"], cand["geo"])]
+    else:
+        ccaps = []
+    uniq = sorted({t for cs in caps + ccaps for t in cs})
     t = time.time()
     lm = minilm.load()
     tok = minilm.tokenizer()
@@ -130,27 +145,49 @@ def main(argv=None):
     cap_idx = np.array([[index[c] for c in cs] for cs in caps])
     classes = sorted(set(zip(colours, shapes)))
     cls = np.array([classes.index(k) for k in zip(colours, shapes)])
+    if cand is not None:
+        # Per candidate: its class (-1: no object) and caption rows (those of its object).
+        ocls = np.array([classes.index(k) if k in classes else -1
+                         for k in zip(cand["colours"], cand["shapes"])], np.int64)
+        ocap = np.array([[index[c] for c in cs] for cs in ccaps]).reshape(-1, args.captions)
+        c_cls = np.where(cand["obj"] >= 0, ocls[np.maximum(cand["obj"], 0)], -1)
+        c_cap = ocap[np.maximum(cand["obj"], 0)]
+        scene_rows = [np.nonzero(cand["scene"] == k)[0] for k in range(cand["n_scenes"])]
 
     mean = feats.mean(0)
     std = feats.std(0) + 1e-3
-    tower = RegionTower(mean, std)
+    tower = RegionTower(mean, std, hidden=args.hidden)
     opt = torch.optim.AdamW(tower.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=args.steps, pct_start=0.1)
     X = torch.from_numpy(feats)
     E = torch.from_numpy(emb)
     C = torch.from_numpy(cls)
+    noise = torch.from_numpy(std).float() * 0.02
     tau = 0.05
     for step in range(args.steps):
-        b = torch.from_numpy(rng.integers(0, n, args.batch))
-        ci = torch.from_numpy(cap_idx[b.numpy(), rng.integers(0, args.captions, args.batch)])
-        r = tower(X[b] + torch.randn(args.batch, X.shape[1]) * 0.02 * torch.from_numpy(std).float())
-        tx = E[ci]
-        logits = r @ tx.T / tau
-        pos = (C[b][:, None] == C[b][None, :]).float()
-        # Multi-positive InfoNCE, both directions.
-        l1 = -(torch.logsumexp(logits + torch.log(pos + 1e-20), 1) - torch.logsumexp(logits, 1)).mean()
-        l2 = -(torch.logsumexp(logits.T + torch.log(pos + 1e-20), 1) - torch.logsumexp(logits.T, 1)).mean()
-        loss = (l1 + l2) / 2
+        b = rng.integers(0, n, args.batch)
+        xb = X[torch.from_numpy(b)]
+        cb = C[torch.from_numpy(b)]
+        ci = torch.from_numpy(cap_idx[b, rng.integers(0, args.captions, args.batch)])
+        if cand is not None:
+            # Whole scenes of candidates, so that fragments and unions of the named object
+            # compete with it as they do in the server's ranking.
+            rows = np.concatenate([scene_rows[k] for k in rng.integers(0, cand["n_scenes"], args.cand_scenes)])
+            xb = torch.cat([xb, torch.from_numpy(cand["feats"][rows])])
+            cb = torch.cat([cb, torch.from_numpy(c_cls[rows])])
+            ci = torch.cat([ci, torch.from_numpy(c_cap[rows, rng.integers(0, args.captions, len(rows))])])
+        r = tower(xb + torch.randn(xb.shape) * noise)
+        has = cb >= 0
+        tx = E[ci[has]]
+        pos = (cb[has][:, None] == cb[None, :]).float()  # captions x regions
+        logits = tx @ r.T / tau
+        # Multi-positive InfoNCE, both directions: phrase -> every region of the batch
+        # (unmatched candidates only ever as negatives), region -> every caption.
+        l_t = -(torch.logsumexp(logits + torch.log(pos + 1e-20), 1) - torch.logsumexp(logits, 1)).mean()
+        lr_ = logits.T[has]
+        pr = pos.T[has]
+        l_r = -(torch.logsumexp(lr_ + torch.log(pr + 1e-20), 1) - torch.logsumexp(lr_, 1)).mean()
+        loss = (l_t + l_r) / 2
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -170,6 +207,37 @@ def main(argv=None):
     torch.save(tower.state_dict(), out / "region_tower.pth") if False else None
     write_fixtures(out / "region.onnx", Path(args.fixtures))
     print(f"wrote {out / 'region.onnx'} in {time.time() - t0:.0f}s")
+
+
+def load_candidates(folder):
+    """Concatenated server candidates of tools/text_candidates.py, features recomputed
+    when the stored ones are of another feature version."""
+    from pycocotools import mask as mask_utils
+
+    feats, obj, scene, colours, shapes, geo = [], [], [], [], [], []
+    files = sorted(Path(folder).glob("scene_*.npz"))
+    n_obj = 0
+    for k, f in enumerate(files):
+        z = np.load(f)
+        fe = z["feats"]
+        if fe.shape[1] != text_data.N_FEATURES:
+            seed = int(f.stem.split("_")[1])
+            sc = make_scene(seed, long_side=512)
+            H, W = (int(v) for v in z["size"])
+            fe = np.stack([text_data.region_features(
+                sc.image, mask_utils.decode({"size": [H, W], "counts": c.encode()}).astype(bool))
+                for c in z["rles"]]) if len(z["rles"]) else np.zeros((0, text_data.N_FEATURES), np.float32)
+            np.savez(f, **{**{key: z[key] for key in z.files}, "feats": fe})
+        feats.append(fe)
+        obj.append(np.where(z["match"] >= 0, z["match"] + n_obj, -1))
+        scene.append(np.full(len(fe), k))
+        colours += list(z["colours"])
+        shapes += list(z["shapes"])
+        geo.append(z["geo"])
+        n_obj += len(z["colours"])
+    return dict(feats=np.concatenate(feats).astype(np.float32), obj=np.concatenate(obj),
+                scene=np.concatenate(scene), colours=colours, shapes=shapes,
+                geo=np.concatenate(geo), n_scenes=len(files))
 
 
 def write_fixtures(region_onnx, fx: Path, n_scenes=2):

@@ -24,7 +24,7 @@
     everything: { masks: [], progress: 0, done: false, running: false, summary: null },
     nextObjectId: 1,
   };
-  const counters = { uploads: 0, segment: 0, hoverDrawn: 0, hoverDropped: 0, everything: 0, errors: 0 };
+  const counters = { uploads: 0, segment: 0, text: 0, hoverDrawn: 0, hoverDropped: 0, everything: 0, errors: 0 };
   const stats = { hover: [], hoverRequest: [], calls: [] };
   let segmentSeq = 0;
 
@@ -666,9 +666,9 @@
   }
 
   // ---------- text prompts (only when a model says it supports them) ----------
+  // /v1/models describes a model's text model as an object (null when it has none).
   function supportsText(m) {
-    return !!m && (m.text === true || m.supports_text === true ||
-      (Array.isArray(m.prompt_types) && m.prompt_types.includes("text")));
+    return !!m && !!m.text && typeof m.text === "object";
   }
 
   async function runText() {
@@ -676,12 +676,15 @@
     if (!text || !state.imageId) return;
     try {
       const { data, ms } = await api("POST", `/v1/images/${state.imageId}/segment${modelQuery()}`, {
-        json: { prompts: [{ text }], return_logits: true }, tag: "text",
+        // No logits: text masks come from the candidate search, not from a decoder call
+        // the page could refine (the server answers 422 to return_logits with text).
+        json: { prompts: [{ text }] }, tag: "text",
       });
       state.points = [];
       state.box = null;
       state.current = { masks: data.results[0].masks, index: 0, prompt: { text }, ms };
       drawCurrent();
+      counters.text++;
     } catch (e) {
       setStatus(`Text prompt failed: ${e.message}`, true);
     }

@@ -11,7 +11,12 @@ use image::RgbImage;
 use crate::core::masks::BinaryMask;
 
 /// Length of the feature vector.
-pub const N_FEATURES: usize = 57;
+pub const N_FEATURES: usize = 67;
+
+/// Angular sectors of the radial profile and the DFT harmonics kept from it
+/// (`RADIAL_BINS` / `RADIAL_HARMONICS` in tools/text_data.py).
+const RADIAL_BINS: usize = 32;
+const RADIAL_HARMONICS: usize = 8;
 
 /// Region features of `mask` over `rgb` (same size). An empty mask gives zeros.
 pub fn region_features(rgb: &RgbImage, mask: &BinaryMask) -> [f32; N_FEATURES] {
@@ -100,6 +105,8 @@ pub fn region_features(rgb: &RgbImage, mask: &BinaryMask) -> [f32; N_FEATURES] {
         (0f64, 0f64, 0f64, 0f64, 0f64, 0f64, 0f64);
     let mut perim = 0usize;
     let mut hull_pts: Vec<(i64, i64)> = Vec::with_capacity(bh * 4);
+    let mut rmax = [0f64; RADIAL_BINS];
+    let sector = RADIAL_BINS as f64 / (2.0 * std::f64::consts::PI);
     for y in y0..y1 {
         let mut first = None;
         let mut last = 0usize;
@@ -120,6 +127,8 @@ pub fn region_features(rgb: &RgbImage, mask: &BinaryMask) -> [f32; N_FEATURES] {
             mu03 += dy * dy * dy;
             mu21 += dx * dx * dy;
             mu12 += dx * dy * dy;
+            let bin = (((dy.atan2(dx) + std::f64::consts::PI) * sector) as usize).min(RADIAL_BINS - 1);
+            rmax[bin] = rmax[bin].max((dx * dx + dy * dy).sqrt());
             let inside = x > x0
                 && x + 1 < x1
                 && y > y0
@@ -179,11 +188,38 @@ pub fn region_features(rgb: &RgbImage, mask: &BinaryMask) -> [f32; N_FEATURES] {
     f[54] = (hu2 + 1e-9).ln();
     f[55] = (hu3 + 1e-9).ln();
     f[56] = (hu4 + 1e-9).ln();
+    radial_features(&rmax, a, &mut f[57..]);
     let mut out = [0f32; N_FEATURES];
     for (o, v) in out.iter_mut().zip(f) {
         *o = v as f32;
     }
     out
+}
+
+/// DFT magnitudes of the radial profile (the farthest mask pixel per angular sector,
+/// over its mean), its coefficient of variation and the mask's fill of the profile's
+/// disc. The magnitudes do not change when the object rotates and name the shape: a
+/// five-pointed star peaks at harmonic 5, a triangle at 3, rectangles at 2 and 4.
+fn radial_features(rmax: &[f64; RADIAL_BINS], area: f64, out: &mut [f64]) {
+    let n = RADIAL_BINS as f64;
+    let m = rmax.iter().sum::<f64>() / n;
+    if m <= 0.0 {
+        return;
+    }
+    let r: Vec<f64> = rmax.iter().map(|v| v / m).collect();
+    for k in 1..=RADIAL_HARMONICS {
+        let (mut re, mut im) = (0f64, 0f64);
+        for (j, v) in r.iter().enumerate() {
+            let ph = 2.0 * std::f64::consts::PI * k as f64 * j as f64 / n;
+            re += v * ph.cos();
+            im += v * ph.sin();
+        }
+        out[k - 1] = re.hypot(im) / n;
+    }
+    let rm = r.iter().sum::<f64>() / n;
+    out[RADIAL_HARMONICS] = (r.iter().map(|v| (v - rm) * (v - rm)).sum::<f64>() / n).sqrt();
+    let r2 = rmax.iter().map(|v| v * v).sum::<f64>() / n;
+    out[RADIAL_HARMONICS + 1] = area / (std::f64::consts::PI * r2 + 1.0);
 }
 
 /// Background pixels of the bbox that are not 4-connected to its outside (holes).
