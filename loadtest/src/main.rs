@@ -9,6 +9,7 @@ mod promscrape;
 mod rng;
 mod scenario;
 mod stats;
+mod textbench;
 
 use std::process::ExitCode;
 

@@ -550,21 +550,27 @@ impl Engine {
                 what: "image file (text scoring needs the pixels; upload the image again)",
                 id: image_id.to_string(),
             })?;
-        let owned: Vec<BinaryMask> = masks.to_vec();
-        let prep = t.prep.clone();
-        let features = tokio::task::spawn_blocking(move || {
-            let rgb = decode_image(&original, u64::MAX)?.rgb;
-            Ok::<_, ApiError>(
+        let rgb = tokio::task::spawn_blocking(move || decode_image(&original, u64::MAX))
+            .await
+            .map_err(ApiError::internal)??
+            .rgb;
+        let rgb = Arc::new(rgb);
+        // In groups, like the candidates: CLIP crops are large.
+        let mut scores = Vec::with_capacity(masks.len());
+        for group in masks.chunks(t.prep.group().min(masks.len().max(1))) {
+            let (owned, prep, rgb) = (group.to_vec(), t.prep.clone(), rgb.clone());
+            let inputs = tokio::task::spawn_blocking(move || {
                 owned
                     .iter()
                     .map(|m| prep.prepare(&rgb, m))
-                    .collect::<Vec<_>>(),
-            )
-        })
-        .await
-        .map_err(ApiError::internal)??;
-        let vectors = t.regions(features).await?;
-        Ok(vectors.iter().map(|v| cosine(&phrase, v)).collect())
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(ApiError::internal)?;
+            let vectors = t.regions(inputs).await?;
+            scores.extend(vectors.iter().map(|v| cosine(&phrase, v)));
+        }
+        Ok(scores)
     }
 }
 
