@@ -70,8 +70,9 @@ def main():
         assert st == 200, st
         up = json.loads(body)
         print("upload:", up)
-        req = json.dumps({"prompts": [{"points": [{"x": 320, "y": 240, "label": 1}]},
-                                      {"box": [100, 100, 300, 400]}]}).encode()
+        h, w = rgb.shape[:2]
+        req = json.dumps({"prompts": [{"points": [{"x": w // 2, "y": h // 2, "label": 1}]},
+                                      {"box": [w * 5 // 32, h * 5 // 24, w * 15 // 32, h * 5 // 6]}]}).encode()
         st, body = call(f"{base}/v1/images/{up['image_id']}/segment", req, "application/json")
         assert st == 200, st
         res = json.loads(body)

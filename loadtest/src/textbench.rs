@@ -43,6 +43,29 @@ fn phrase(n: usize) -> String {
     format!("the {c} {s} {p}").trim_end().to_string()
 }
 
+/// `samserve-loadtest text`: the text run of `bench` against a running server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TextArgs {
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Images (each gets a first query, then the repeated ones).
+    #[arg(long, default_value_t = 5)]
+    pub images: usize,
+    /// New phrases per image after the first.
+    #[arg(long, default_value_t = 9)]
+    pub repeats: usize,
+    /// Image size, WxH.
+    #[arg(long, default_value = "640x480", value_parser = crate::scenario::parse_size)]
+    pub image_size: (u32, u32),
+    /// Seed of the images (the clock is mixed in, so candidates are never cached yet).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Also write the measurements here as JSON.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
 /// What the text bench measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct TextLatency {
