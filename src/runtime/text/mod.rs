@@ -181,6 +181,9 @@ pub enum RegionPrep {
 }
 
 /// One candidate's region-encoder input.
+// Features inline (228 bytes) rather than boxed: they are the default model's case, one
+// per candidate, and a Vec of these is what the region tower batch is built from.
+#[allow(clippy::large_enum_variant)]
 pub enum RegionInput {
     /// Region features.
     Features([f32; features::N_FEATURES]),
