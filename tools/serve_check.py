@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Start samserve on a model folder, wait for /readyz, upload an image, run one
-segment call, expect 200s, stop the server. Used by `make export-check`."""
+segment call, expect 200s, stop the server. Used by `make export-check`; with --text,
+also a text query (two phrases: the first builds the image's candidates, the second
+reuses them), as `make clip-check` does."""
 
 from __future__ import annotations
 
@@ -36,6 +38,9 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--ort-lib", default=os.path.abspath(".ort/lib/libonnxruntime.so"))
     ap.add_argument("--ready-timeout", type=float, default=600)
+    ap.add_argument("--image", help="image file to upload (default: random noise)")
+    ap.add_argument("--text", action="append", default=[],
+                    help="phrase for a text prompt (repeatable); each must answer 200 with text_score")
     args = ap.parse_args()
     port = free_port()
     env = dict(os.environ, ORT_DYLIB_PATH=args.ort_lib)
@@ -55,23 +60,36 @@ def main():
                 sys.exit("server not ready in time")
             time.sleep(0.5)
         print(f"ready after {time.time() - t0:.1f}s")
-        rgb = (np.random.default_rng(0).random((480, 640, 3)) * 255).astype(np.uint8)
+        if args.image:
+            rgb = np.asarray(Image.open(args.image).convert("RGB"))
+        else:
+            rgb = (np.random.default_rng(0).random((480, 640, 3)) * 255).astype(np.uint8)
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, "PNG")
         st, body = call(base + "/v1/images", buf.getvalue(), "image/png")
         assert st == 200, st
         up = json.loads(body)
         print("upload:", up)
-        req = json.dumps({"prompts": [{"points": [{"x": 320, "y": 240, "label": 1}]},
-                                      {"box": [100, 100, 300, 400]}]}).encode()
+        h, w = rgb.shape[:2]
+        req = json.dumps({"prompts": [{"points": [{"x": w // 2, "y": h // 2, "label": 1}]},
+                                      {"box": [w * 5 // 32, h * 5 // 24, w * 15 // 32, h * 5 // 6]}]}).encode()
         st, body = call(f"{base}/v1/images/{up['image_id']}/segment", req, "application/json")
         assert st == 200, st
         res = json.loads(body)
         print(f"segment: 200, {len(res['results'])} results")
+        for phrase in args.text:
+            req = json.dumps({"prompts": [{"text": phrase, "max_masks": 3}]}).encode()
+            t1 = time.time()
+            st, body = call(f"{base}/v1/images/{up['image_id']}/segment", req, "application/json")
+            assert st == 200, st
+            masks = json.loads(body)["results"][0]["masks"]
+            assert masks and all(isinstance(m.get("text_score"), float) for m in masks), masks
+            scores = [round(m["text_score"], 4) for m in masks]
+            print(f"text {phrase!r}: 200 in {(time.time() - t1) * 1000:.0f} ms, text_score {scores}")
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    print("export-check ok")
+    print("serve check ok")
 
 
 if __name__ == "__main__":

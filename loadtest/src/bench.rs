@@ -60,6 +60,12 @@ pub struct BenchArgs {
     /// Clients the overload run treats as capacity; it runs 4x as many.
     #[arg(long, default_value_t = 16)]
     pub overload_capacity: usize,
+    /// Images of the text-prompt latency run (first query per image; 0 skips it).
+    #[arg(long, default_value_t = 5)]
+    pub text_images: usize,
+    /// New phrases per image after the first (repeated-query latency).
+    #[arg(long, default_value_t = 9)]
+    pub text_repeats: usize,
     /// Admission bound of the overload server, in seconds of work: --max-queued-prompts
     /// = baseline best prompts/s x this (at least 100), --max-queued-images = cold
     /// images/s x this (at least 2). 0 keeps the server's defaults.
@@ -244,6 +250,8 @@ pub struct BenchReport {
     pub baseline: BaselineReport,
     pub runs: Vec<BenchRun>,
     pub ratios: Ratios,
+    /// Text-prompt latency (absent when the model takes no text or the run was skipped).
+    pub text: Option<crate::textbench::TextLatency>,
     pub notes: Vec<String>,
     pub wall_s: f64,
 }
@@ -331,6 +339,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<BenchReport> {
         workload: a.workload.clone(),
     };
     let mut runs: Vec<BenchRun> = Vec::new();
+    let mut text = None;
     fn one(runs: &mut Vec<BenchRun>, label: String, server: &str, r: RunReport) {
         load::print_run(&r);
         runs.push(BenchRun {
@@ -360,6 +369,20 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<BenchReport> {
             eprintln!("[bench] {scenario} at concurrency {c}");
             let r = load::run_scenario(&run_args(scenario, c, &s.base)).await?;
             one(&mut runs, format!("{scenario}@{c}"), "default", r);
+        }
+        if a.text_images > 0 && crate::textbench::supported(&s.base).await? {
+            let (n, k) = if a.quick {
+                (a.text_images.min(2), a.text_repeats.min(4))
+            } else {
+                (a.text_images, a.text_repeats)
+            };
+            eprintln!("[bench] text prompts: {n} images, 1 + {k} phrases each");
+            let t = crate::textbench::run(&s.base, n, k, a.workload.image_size, a.workload.seed)
+                .await?;
+            eprint!("{}", crate::textbench::markdown(&t));
+            text = Some(t);
+        } else if a.text_images > 0 {
+            notes.push("the model takes no text prompts: the text latency run was skipped".into());
         }
         s.stop();
     }
@@ -514,6 +537,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<BenchReport> {
         baseline: base,
         runs,
         ratios,
+        text,
         notes,
         wall_s: t_start.elapsed().as_secs_f64(),
     };
@@ -681,6 +705,9 @@ pub fn markdown(r: &BenchReport) -> String {
         opt(q.unloaded_1click_p50_ms, 2, " ms"),
         opt(q.baseline_b1_p50_ms, 2, " ms")
     );
+    if let Some(t) = &r.text {
+        s.push_str(&crate::textbench::markdown(t));
+    }
     if !r.notes.is_empty() || !b.notes.is_empty() {
         let _ = writeln!(s, "\nNotes:");
         for n in r.notes.iter().chain(&b.notes) {

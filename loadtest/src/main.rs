@@ -9,6 +9,7 @@ mod promscrape;
 mod rng;
 mod scenario;
 mod stats;
+mod textbench;
 
 use std::process::ExitCode;
 
@@ -34,6 +35,8 @@ enum Cmd {
     Baseline(baseline::BaselineArgs),
     /// Baseline + every scenario against freshly started servers; Markdown + JSON report.
     Bench(bench::BenchArgs),
+    /// Text-prompt latency against a running server (the text run of `bench`).
+    Text(textbench::TextArgs),
 }
 
 fn write_json<T: serde::Serialize>(path: &std::path::Path, v: &T) -> anyhow::Result<()> {
@@ -66,6 +69,13 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Bench(a) => {
             bench::run(a).await?;
+        }
+        Cmd::Text(a) => {
+            let r = textbench::run(&a.url, a.images, a.repeats, a.image_size, a.seed).await?;
+            print!("{}", textbench::markdown(&r));
+            if let Some(p) = &a.json {
+                write_json(p, &r)?;
+            }
         }
     }
     Ok(())

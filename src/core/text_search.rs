@@ -20,10 +20,11 @@ use super::workers::{chunks_owned, BatchPolicy, WorkerQueue};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
 use crate::runtime::preprocess::decode_image;
-use crate::runtime::text::features::{region_features, N_FEATURES};
 use crate::runtime::text::tokenize::PhraseTokenizer;
-use crate::runtime::text::towers::{cosine, RegionTower, TextTower};
-use crate::runtime::text::{load_towers, TextFiles, TextManifest};
+use crate::runtime::text::towers::{cosine, TextTower};
+use crate::runtime::text::{
+    load_model, RegionEncoder, RegionInput, RegionPrep, TextFiles, TextManifest,
+};
 
 /// Most masks one text prompt may ask for.
 pub const MAX_TEXT_MASKS: usize = 100;
@@ -32,8 +33,8 @@ pub const MAX_TEXT_MASKS: usize = 100;
 pub enum TextJob {
     /// Token ids of one phrase.
     Phrase(Vec<i64>),
-    /// Region features of an image's candidates.
-    Regions(Vec<[f32; N_FEATURES]>),
+    /// Region-encoder inputs of an image's candidates.
+    Regions(Vec<RegionInput>),
 }
 
 /// Answers of the text model thread.
@@ -46,7 +47,7 @@ pub enum TextOut {
 
 struct Towers {
     text: TextTower,
-    region: RegionTower,
+    region: RegionEncoder,
 }
 
 /// A loaded text model attached to a segmentation model.
@@ -54,6 +55,8 @@ pub struct TextHandle {
     /// Its manifest.
     pub manifest: TextManifest,
     tokenizer: PhraseTokenizer,
+    /// Candidate mask -> region-encoder input, by the text model's kind.
+    prep: RegionPrep,
     queue: WorkerQueue<TextJob, TextOut>,
     metrics: Arc<Metrics>,
 }
@@ -66,7 +69,7 @@ impl TextHandle {
         max_queued: usize,
         metrics: &Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        let (text, region) = load_towers(env, files)?;
+        let (text, region, prep) = load_model(env, files)?;
         let towers = Towers { text, region };
         let tokenizer = PhraseTokenizer::from_bytes(&files.tokenizer)?;
         let policy = BatchPolicy {
@@ -93,7 +96,7 @@ impl TextHandle {
                                 .observe(started.elapsed().as_secs_f64());
                             out
                         }
-                        TextJob::Regions(f) => t.region.embed(&f).map(TextOut::Regions),
+                        TextJob::Regions(f) => t.region.embed(f).map(TextOut::Regions),
                     })
                     .collect()
             },
@@ -101,6 +104,7 @@ impl TextHandle {
         Ok(TextHandle {
             manifest: files.manifest.clone(),
             tokenizer,
+            prep,
             queue,
             metrics: metrics.clone(),
         })
@@ -117,7 +121,7 @@ impl TextHandle {
         }
     }
 
-    async fn regions(&self, f: Vec<[f32; N_FEATURES]>) -> ApiResult<Vec<Vec<f32>>> {
+    async fn regions(&self, f: Vec<RegionInput>) -> ApiResult<Vec<Vec<f32>>> {
         match self.queue.call(TextJob::Regions(f), 1).await? {
             TextOut::Regions(v) => Ok(v),
             TextOut::Phrase(_) => Err(ApiError::internal("text worker answered the wrong job")),
@@ -400,38 +404,44 @@ impl Engine {
             ));
         }
         let masks: Vec<_> = out.masks.into_iter().filter(|m| m.area > 0).collect();
-        let per_task = masks.len().div_ceil(self.postprocess_tasks.max(1)).max(1);
-        let mut pending = Vec::new();
-        for chunk in chunks_owned(masks, per_task) {
-            let rgb = rgb.clone();
-            pending.push(tokio::task::spawn_blocking(move || {
-                chunk
-                    .into_iter()
-                    .map(|m| {
-                        let f = region_features(&rgb, &m.segmentation);
-                        let [x, y, w, h] = m.segmentation.bbox_xywh();
-                        let c = Candidate {
-                            mask: CompactMask::from_mask(&m.segmentation),
-                            predicted_iou: m.predicted_iou,
-                            bounds: [x, y, x + w, y + h],
-                            embedding: Vec::new(),
-                        };
-                        (c, f)
-                    })
-                    .collect::<Vec<_>>()
-            }));
-        }
-        let mut items = Vec::new();
-        let mut features = Vec::new();
-        for p in pending {
-            for (c, f) in p.await.map_err(ApiError::internal)? {
-                items.push(c);
-                features.push(f);
+        let mut items = Vec::with_capacity(masks.len());
+        // Groups bound the memory of prepared inputs (CLIP crops are large); within a group
+        // the preparation is spread over the post-processing tasks.
+        for group in chunks_owned(masks, t.prep.group()) {
+            let per_task = group.len().div_ceil(self.postprocess_tasks.max(1)).max(1);
+            let mut pending = Vec::new();
+            for chunk in chunks_owned(group, per_task) {
+                let (rgb, prep) = (rgb.clone(), t.prep.clone());
+                pending.push(tokio::task::spawn_blocking(move || {
+                    chunk
+                        .into_iter()
+                        .map(|m| {
+                            let input = prep.prepare(&rgb, &m.segmentation);
+                            let [x, y, w, h] = m.segmentation.bbox_xywh();
+                            let c = Candidate {
+                                mask: CompactMask::from_mask(&m.segmentation),
+                                predicted_iou: m.predicted_iou,
+                                bounds: [x, y, x + w, y + h],
+                                embedding: Vec::new(),
+                            };
+                            (c, input)
+                        })
+                        .collect::<Vec<_>>()
+                }));
             }
-        }
-        let vectors = t.regions(features).await?;
-        for (c, v) in items.iter_mut().zip(vectors) {
-            c.embedding = v;
+            let mut group_items = Vec::new();
+            let mut inputs = Vec::new();
+            for p in pending {
+                for (c, input) in p.await.map_err(ApiError::internal)? {
+                    group_items.push(c);
+                    inputs.push(input);
+                }
+            }
+            let vectors = t.regions(inputs).await?;
+            for (c, v) in group_items.iter_mut().zip(vectors) {
+                c.embedding = v;
+            }
+            items.extend(group_items);
         }
         Ok(Candidates {
             width,
@@ -540,20 +550,27 @@ impl Engine {
                 what: "image file (text scoring needs the pixels; upload the image again)",
                 id: image_id.to_string(),
             })?;
-        let owned: Vec<BinaryMask> = masks.to_vec();
-        let features = tokio::task::spawn_blocking(move || {
-            let rgb = decode_image(&original, u64::MAX)?.rgb;
-            Ok::<_, ApiError>(
+        let rgb = tokio::task::spawn_blocking(move || decode_image(&original, u64::MAX))
+            .await
+            .map_err(ApiError::internal)??
+            .rgb;
+        let rgb = Arc::new(rgb);
+        // In groups, like the candidates: CLIP crops are large.
+        let mut scores = Vec::with_capacity(masks.len());
+        for group in masks.chunks(t.prep.group().min(masks.len().max(1))) {
+            let (owned, prep, rgb) = (group.to_vec(), t.prep.clone(), rgb.clone());
+            let inputs = tokio::task::spawn_blocking(move || {
                 owned
                     .iter()
-                    .map(|m| region_features(&rgb, m))
-                    .collect::<Vec<_>>(),
-            )
-        })
-        .await
-        .map_err(ApiError::internal)??;
-        let vectors = t.regions(features).await?;
-        Ok(vectors.iter().map(|v| cosine(&phrase, v)).collect())
+                    .map(|m| prep.prepare(&rgb, m))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(ApiError::internal)?;
+            let vectors = t.regions(inputs).await?;
+            scores.extend(vectors.iter().map(|v| cosine(&phrase, v)));
+        }
+        Ok(scores)
     }
 }
 

@@ -225,7 +225,7 @@ pub struct ModelInfo {
 pub struct TextModelInfo {
     /// Text model name.
     pub name: String,
-    /// Kind (`minilm-region`).
+    /// Kind (`minilm-region` or `clip`).
     pub kind: String,
     /// Longest accepted phrase in characters.
     pub max_text_chars: usize,

@@ -116,7 +116,7 @@ impl RegionTower {
     }
 }
 
-fn normalized(mut v: Vec<f32>) -> Vec<f32> {
+pub(crate) fn normalized(mut v: Vec<f32>) -> Vec<f32> {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
     v.iter_mut().for_each(|x| *x /= n);
     v
