@@ -678,7 +678,7 @@
       const { data, ms } = await api("POST", `/v1/images/${state.imageId}/segment${modelQuery()}`, {
         // No logits: text masks come from the candidate search, not from a decoder call
         // the page could refine (the server answers 422 to return_logits with text).
-        json: { prompts: [{ text }] }, tag: "text",
+        json: { prompts: [{ text, max_masks: 3 }] }, tag: "text",
       });
       state.points = [];
       state.box = null;
