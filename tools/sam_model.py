@@ -52,10 +52,10 @@ def digests(path: str) -> tuple[str, str]:
 def verify(path: str, size: int | None, sha256: str | None, md5_prefix: str | None) -> None:
     got = os.path.getsize(path)
     if size is not None and got != size:
-        sys.exit(f"{path}: {got} bytes, expected {size} (truncated or another file); delete it and retry")
+        sys.exit(f"{path}: {got} bytes, expected {size} (truncated or another file)")
     sha, md5 = digests(path)
     if sha256 and sha != sha256.lower():
-        sys.exit(f"{path}: sha256 {sha}, expected {sha256}; delete it and retry")
+        sys.exit(f"{path}: sha256 {sha}, expected {sha256}")
     if md5_prefix and not md5.startswith(md5_prefix.lower()):
         sys.exit(f"{path}: md5 {md5} does not start with {md5_prefix} (the official file name's suffix)")
     print(f"  verified {path}: {got} bytes, sha256 {sha}" + (f", md5 {md5[:6]}..." if md5_prefix else ""))
