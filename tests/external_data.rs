@@ -45,8 +45,10 @@ fn put_len(out: &mut Vec<u8>, number: u64, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
-/// (field number, whole encoded field, payload of a length-delimited field).
-fn fields(buf: &[u8]) -> Vec<(u64, &[u8], Option<&[u8]>)> {
+/// One field: its number, its whole encoding, the payload of a length-delimited field.
+type Field<'a> = (u64, &'a [u8], Option<&'a [u8]>);
+
+fn fields(buf: &[u8]) -> Vec<Field<'_>> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < buf.len() {
