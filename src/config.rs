@@ -93,7 +93,9 @@ pub struct Config {
     /// ONNX Runtime intra-op threads for the encoder (0 = all cores). An upload is one long
     /// encoder run during which the decoder is usually idle, so it gets every core; while
     /// both run they share the cores and clicks wait longer. Set it to the cores minus the
-    /// decoder workers x threads to keep cores free for the decoder under mixed load.
+    /// decoder workers x threads to keep cores free for the decoder under mixed load, and to
+    /// the cores the server can count on when other processes share the machine (a split
+    /// run waits for its slowest thread).
     #[arg(long, env = "SAMSERVE_ENCODER_THREADS", default_value_t = 0)]
     pub encoder_threads: usize,
 
