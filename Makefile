@@ -22,7 +22,9 @@ test: $(ORT_LIB) browser-deps
 
 # Load test + in-process decoder baseline against the default model (and a random-init
 # ViT-B from `make export-check` when present), then segment everything against the
-# reference generator; writes target/bench/{bench.md,bench.json,everything.json}.
+# reference generator; writes target/bench/{bench.md,bench.json,everything.json}; then the
+# ViT-B upload time with 1 encoder thread vs the default (target/bench/upload.md) and fp32
+# vs int8 agreement and speed (target/bench/int8.md).
 # BENCH_ARGS passes extra flags to the load test (e.g. --duration 20).
 bench: $(ORT_LIB)
 	$(CARGO) build --release --workspace
@@ -33,6 +35,8 @@ bench: $(ORT_LIB)
 			--model target/vitb-random --out target/bench-vitb --quick $(BENCH_ARGS); \
 	fi
 	$(MAKE) bench-everything
+	$(MAKE) bench-threads
+	$(MAKE) bench-int8
 
 bench-quick: $(ORT_LIB)
 	$(CARGO) build --release --workspace

@@ -143,3 +143,42 @@ fn unknown_signatures_are_refused_with_a_clear_message() {
     assert!(format!("{err:#}").contains("nope"), "{err:#}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test]
+async fn precision_from_the_manifest_is_listed() {
+    let dir = std::env::temp_dir().join(format!("samserve-int8-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tiny = common::repo().join("models/sam-tiny");
+    std::fs::write(
+        dir.join("manifest.json"),
+        json!({
+            "name": "tiny-int8",
+            "encoder": tiny.join("encoder.onnx"),
+            "decoder": tiny.join("decoder.onnx"),
+            "input_size": 512,
+            "precision": "int8"
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut cfg = common::config();
+    cfg.models = vec![tiny, dir.clone()];
+    let s = TestServer::start(cfg).await;
+    let list = s.get_json("/v1/models").await;
+    let precision = |name: &str| {
+        list["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {list}"))["precision"]
+            .clone()
+    };
+    assert_eq!(
+        precision("sam-tiny"),
+        "fp32",
+        "no precision in a manifest means fp32"
+    );
+    assert_eq!(precision("tiny-int8"), "int8");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -14,6 +14,10 @@ decoder.onnx (official SAM signature with a dynamic prompt batch on axis 0 of
 point_coords / point_labels / mask_input / has_mask_input, one image embedding
 shared by the batch) and manifest.json. --quantize-decoder replaces decoder.onnx
 by a dynamic int8 quantization (onnxruntime.quantization.quantize_dynamic).
+
+Encoders past protobuf's 2 GB limit (ViT-H; ViT-L with --external-data) are written with
+ONNX external data: encoder.onnx holds the graph, encoder.onnx.data beside it the weights
+(keep the two together; samserve loads such an encoder from its path).
 """
 
 from __future__ import annotations
@@ -55,6 +59,28 @@ def official_sam(model_type: str, checkpoint):
     return reg[model_type](checkpoint=checkpoint)
 
 
+def externalize(path: str) -> None:
+    """Rewrite an ONNX file with all its weights in one `<file>.data` beside it, and remove
+    any per-tensor files the exporter wrote for a model past 2 GB."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    folder = os.path.dirname(os.path.abspath(path))
+    m = onnx.load(path, load_external_data=False)
+    old = {ExternalDataInfo(t).location for t in m.graph.initializer if uses_external_data(t)}
+    m = onnx.load(path)  # with the weights, wherever they are now
+    data = os.path.basename(path) + ".data"
+    if os.path.exists(os.path.join(folder, data)):
+        os.remove(os.path.join(folder, data))
+    onnx.save_model(m, path, save_as_external_data=True, all_tensors_to_one_file=True, location=data,
+                    size_threshold=1024)
+    for loc in old - {data}:
+        os.remove(os.path.join(folder, loc))
+    onnx.checker.check_model(path)
+    print(f"  encoder weights in {data} (ONNX external data): "
+          f"{os.path.getsize(path)} + {os.path.getsize(os.path.join(folder, data))} bytes")
+
+
 def smoke_test(out_dir: str, sam) -> None:
     """Run the exported pair once with onnxruntime, with a batch of two prompts
     of which one refines a mask, to catch a lost dynamic axis."""
@@ -90,6 +116,8 @@ def main(argv=None):
     ap.add_argument("--name", help="manifest name (default: the --out folder's name)")
     ap.add_argument("--hwc-out", help="also write the samexporter-style HWC encoder variant here")
     ap.add_argument("--quantize-decoder", action="store_true")
+    ap.add_argument("--external-data", action="store_true",
+                    help="encoder weights in encoder.onnx.data even below 2 GB (always above)")
     ap.add_argument("--description", default="")
     ap.add_argument("--arch", choices=sorted(ARCHES),
                     help="with --default: samtiny.ARCHES entry (default: arch.json beside the "
@@ -123,7 +151,11 @@ def main(argv=None):
     L = sam.image_encoder.img_size
 
     print(f"exporting {name}: encoder (L={L})")
-    export_encoder_nchw(sam, os.path.join(args.out, "encoder.onnx"))
+    enc_path = os.path.join(args.out, "encoder.onnx")
+    export_encoder_nchw(sam, enc_path)
+    params = sum(p.numel() * p.element_size() for p in sam.image_encoder.parameters())
+    if args.external_data or params > 1_800_000_000:
+        externalize(enc_path)
     print("exporting decoder")
     dec_path = os.path.join(args.out, "decoder.onnx")
     export_decoder(sam, dec_path)

@@ -414,7 +414,9 @@ def fix_output_shapes(path, shapes):
     metadata see e.g. image_embeddings [1, 64, 32, 32]."""
     import onnx
 
-    m = onnx.load(path)
+    # Without the weights: an encoder past 2 GB keeps them in external files, which stay as
+    # they are (only the graph's outputs change here).
+    m = onnx.load(path, load_external_data=False)
     for out in m.graph.output:
         if out.name not in shapes:
             continue

@@ -33,11 +33,14 @@ pub struct Lookup {
 #[derive(Clone)]
 pub struct EmbeddingCache {
     inner: Cache<ImageKey, Arc<Embedding>>,
+    /// Keep values as float16 (`--cache-dtype float16`): half the bytes per image.
+    float16: bool,
 }
 
 impl EmbeddingCache {
     /// A cache holding at most `max_bytes` of embeddings; entries unused for `idle` go.
-    pub fn new(max_bytes: u64, idle: Option<Duration>) -> Self {
+    /// With `float16`, embeddings are rounded to float16 as they enter it.
+    pub fn new(max_bytes: u64, idle: Option<Duration>, float16: bool) -> Self {
         let mut builder = Cache::builder().max_capacity(max_bytes).weigher(
             |_k: &ImageKey, v: &Arc<Embedding>| u32::try_from(v.weight_bytes()).unwrap_or(u32::MAX),
         );
@@ -46,6 +49,7 @@ impl EmbeddingCache {
         }
         EmbeddingCache {
             inner: builder.build(),
+            float16,
         }
     }
 
@@ -63,7 +67,7 @@ impl EmbeddingCache {
         let entry = self
             .inner
             .entry(key)
-            .or_try_insert_with(async { compute.await.map(Arc::new) })
+            .or_try_insert_with(async { compute.await.map(|e| self.admit(e)) })
             .await
             .map_err(|e: Arc<ApiError>| (*e).clone())?;
         let cached = !entry.is_fresh();
@@ -84,9 +88,14 @@ impl EmbeddingCache {
         }
         self.inner
             .entry(key)
-            .or_optionally_insert_with(async { fetch.await.map(Arc::new) })
+            .or_optionally_insert_with(async { fetch.await.map(|e| self.admit(e)) })
             .await
             .map(|e| e.into_value())
+    }
+
+    /// An embedding in the form this cache keeps.
+    fn admit(&self, e: Embedding) -> Arc<Embedding> {
+        Arc::new(if self.float16 { e.into_f16() } else { e })
     }
 
     /// The cached embedding, if any.

@@ -10,7 +10,7 @@
 use bytes::Bytes;
 
 use crate::error::{ApiError, ApiResult};
-use crate::runtime::model::Embedding;
+use crate::runtime::embedding::{Embedding, EmbeddingData};
 
 /// Element type of a downloaded embedding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,56 +78,23 @@ pub fn embedding_npy(emb: &Embedding, dtype: EmbeddingDtype) -> Vec<u8> {
     match dtype {
         EmbeddingDtype::Float32 => emb
             .data
+            .to_f32()
             .iter()
             .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        EmbeddingDtype::Float16 => emb
-            .data
-            .iter()
-            .for_each(|v| out.extend_from_slice(&f32_to_f16_bits(*v).to_le_bytes())),
+        // A float16 cache hands out its own bits: no second rounding.
+        EmbeddingDtype::Float16 => match &emb.data {
+            EmbeddingData::F16(bits) => bits
+                .iter()
+                .for_each(|b| out.extend_from_slice(&b.to_le_bytes())),
+            EmbeddingData::F32(v) => v
+                .iter()
+                .for_each(|v| out.extend_from_slice(&f32_to_f16_bits(*v).to_le_bytes())),
+        },
     }
     out
 }
 
-/// Converts an f32 to IEEE binary16 bits, rounding to nearest, ties to even (what NumPy's
-/// `astype(np.float16)` does); overflow gives infinity, NaN stays NaN.
-pub fn f32_to_f16_bits(v: f32) -> u16 {
-    let x = v.to_bits();
-    let sign = ((x >> 16) & 0x8000) as u16;
-    let exp = ((x >> 23) & 0xff) as i32;
-    let man = x & 0x007f_ffff;
-    if exp == 0xff {
-        // Infinity, or NaN with a quiet bit kept so it stays NaN.
-        return sign
-            | 0x7c00
-            | if man != 0 {
-                0x0200 | (man >> 13) as u16
-            } else {
-                0
-            };
-    }
-    let e = exp - 127 + 15;
-    if e >= 0x1f {
-        return sign | 0x7c00;
-    }
-    if e <= 0 {
-        // Subnormal half (or zero): shift the full significand, rounding half to even.
-        if e < -10 {
-            return sign;
-        }
-        let m = man | 0x0080_0000;
-        let shift = (14 - e) as u32;
-        let half = m >> shift;
-        let rem = m & ((1 << shift) - 1);
-        let mid = 1 << (shift - 1);
-        let round = rem > mid || (rem == mid && (half & 1) == 1);
-        return sign | (half + round as u32) as u16;
-    }
-    let half = ((e as u32) << 10) | (man >> 13);
-    let rem = man & 0x1fff;
-    let round = rem > 0x1000 || (rem == 0x1000 && (half & 1) == 1);
-    // A carry out of the significand correctly bumps the exponent (up to infinity).
-    sign | (half + round as u32) as u16
-}
+pub use crate::runtime::embedding::f32_to_f16_bits;
 
 /// A file served as is, with a strong validator.
 #[derive(Debug, Clone)]
@@ -182,7 +149,7 @@ mod tests {
     #[test]
     fn npy_header_is_aligned_and_parsable() {
         let emb = Embedding {
-            data: (0..2 * 3 * 4).map(|i| i as f32).collect(),
+            data: EmbeddingData::F32((0..2 * 3 * 4).map(|i| i as f32).collect()),
             shape: [1, 2, 3, 4],
             width: 10,
             height: 7,

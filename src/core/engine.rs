@@ -16,7 +16,7 @@ use super::prompts::{prepare_prompts, Prompt, PromptLimits};
 use super::store::{Claim, ModelTag, SharedStore};
 use super::text_search::{TextCaches, TextHandle};
 use super::workers::{chunks_owned, BatchPolicy, WorkerQueue};
-use crate::config::Config;
+use crate::config::{CacheDtype, Config};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
 use crate::runtime::device::Device;
@@ -370,11 +370,13 @@ impl Engine {
         } else {
             config.decoder_workers
         };
-        let decoder_cores = config.decoder_threads.max(1) * decoder_workers;
         let opts = SessionOptions {
-            // Leave the decoder its threads so the two pools do not oversubscribe the cores.
+            // All cores by default: an upload is one long encoder run (seconds for ViT-B)
+            // during which the decoder is usually idle, and leaving it `cores - decoder
+            // threads` gave it one thread on 2 cores. When both run at once they share the
+            // cores (the OS interleaves them); --encoder-threads caps the encoder instead.
             encoder_threads: if config.encoder_threads == 0 {
-                cores.saturating_sub(decoder_cores).max(1)
+                cores
             } else {
                 config.encoder_threads
             },
@@ -420,7 +422,7 @@ impl Engine {
                 load_ms = started.elapsed().as_millis() as u64,
                 "model loaded"
             );
-            let store_tag = super::store::model_tag(&spec, &f.encoder);
+            let store_tag = super::store::model_tag(&spec, &f.encoder_identity()?);
             models.insert(
                 spec.name.clone(),
                 ModelHandle {
@@ -449,7 +451,11 @@ impl Engine {
         let engine = Engine {
             models,
             default_model,
-            cache: EmbeddingCache::new(config.cache_bytes, idle),
+            cache: EmbeddingCache::new(
+                config.cache_bytes,
+                idle,
+                config.cache_dtype == CacheDtype::Float16,
+            ),
             store: SharedStore::from_config(config, &metrics.store)?.map(Arc::new),
             originals: {
                 let mut b = moka::future::Cache::builder()

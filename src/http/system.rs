@@ -25,6 +25,7 @@ pub async fn models(State(state): State<AppState>) -> Result<Json<ModelList>, Ap
                     name: s.name.clone(),
                     family: s.family.clone(),
                     description: s.description.clone(),
+                    precision: s.precision.clone(),
                     default: s.name == default,
                     input_size: s.input_size,
                     embedding_shape: s.embedding_shape,

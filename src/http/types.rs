@@ -199,6 +199,8 @@ pub struct ModelInfo {
     pub family: String,
     /// Description.
     pub description: String,
+    /// Weight precision: `fp32`, or `int8` for a quantized variant (tools/quantize.py).
+    pub precision: String,
     /// Whether this is the default model.
     pub default: bool,
     /// Encoder long-side input length.

@@ -29,6 +29,10 @@ pub struct Manifest {
     /// Per-channel RGB standard deviation in 0-255 units.
     #[serde(default = "default_std")]
     pub pixel_std: [f32; 3],
+    /// Number type of the weights: `fp32`, or `int8` for a quantized variant
+    /// (tools/quantize.py; its `quantization` entry says which parts).
+    #[serde(default = "default_precision")]
+    pub precision: String,
     /// Free-form description shown by `GET /v1/models`.
     #[serde(default)]
     pub description: String,
@@ -40,6 +44,10 @@ pub struct Manifest {
 
 fn default_family() -> String {
     "sam".to_string()
+}
+
+fn default_precision() -> String {
+    "fp32".to_string()
 }
 
 fn default_mean() -> [f32; 3] {
@@ -73,6 +81,11 @@ pub struct ModelFiles {
     pub manifest: Manifest,
     /// Encoder ONNX bytes.
     pub encoder: Vec<u8>,
+    /// With external data (weights beside the `.onnx`, for encoders past 2 GB): the
+    /// encoder's path, which sessions load from so that ONNX Runtime finds the data files.
+    pub encoder_path: Option<PathBuf>,
+    /// The external data files of the encoder (empty without external data).
+    pub encoder_external: Vec<PathBuf>,
     /// Decoder ONNX bytes.
     pub decoder: Vec<u8>,
     /// Where the model came from, for logs and `/v1/models`.
@@ -102,8 +115,25 @@ impl ModelFiles {
             Some(t) => Some(super::text::TextFiles::from_dir(&dir.join(t))?),
             None => None,
         };
+        let encoder = read(&manifest.encoder)?;
+        let encoder_file = dir.join(&manifest.encoder);
+        let encoder_dir = encoder_file.parent().unwrap_or(dir);
+        let encoder_external: Vec<PathBuf> = super::onnx_external::external_data_files(&encoder)
+            .with_context(|| format!("reading {}", encoder_file.display()))?
+            .into_iter()
+            .map(|f| encoder_dir.join(f))
+            .collect();
+        if let Some(missing) = encoder_external.iter().find(|p| !p.is_file()) {
+            bail!(
+                "{}: its external data file {} is missing (it must sit beside the .onnx)",
+                encoder_file.display(),
+                missing.display()
+            );
+        }
         Ok(ModelFiles {
-            encoder: read(&manifest.encoder)?,
+            encoder,
+            encoder_path: (!encoder_external.is_empty()).then_some(encoder_file),
+            encoder_external,
             decoder: read(&manifest.decoder)?,
             text,
             manifest,
@@ -120,9 +150,26 @@ impl ModelFiles {
         Ok(ModelFiles {
             manifest,
             encoder: include_bytes!("../../models/sam-tiny/encoder.onnx").to_vec(),
+            encoder_path: None,
+            encoder_external: Vec::new(),
             decoder: include_bytes!("../../models/sam-tiny/decoder.onnx").to_vec(),
             source: "embedded".to_string(),
             text: Some(super::text::TextFiles::embedded_default()?),
         })
+    }
+
+    /// Bytes that identify the encoder's weights: the `.onnx` itself, plus a blake3 hash of
+    /// each external data file (the `.onnx` of an external-data model holds only names and
+    /// offsets, the same for every checkpoint of an architecture).
+    pub fn encoder_identity(&self) -> anyhow::Result<Vec<u8>> {
+        let mut out = self.encoder.clone();
+        for p in &self.encoder_external {
+            let mut h = blake3::Hasher::new();
+            let mut f =
+                std::fs::File::open(p).with_context(|| format!("reading {}", p.display()))?;
+            std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", p.display()))?;
+            out.extend_from_slice(h.finalize().as_bytes());
+        }
+        Ok(out)
     }
 }

@@ -13,6 +13,7 @@ use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session, Sess
 use ort::value::TensorRef;
 
 use super::device::Device;
+pub use super::embedding::{Embedding, EmbeddingData};
 use super::manifest::{Manifest, ModelFiles};
 use super::preprocess::PreparedImage;
 
@@ -36,6 +37,8 @@ pub struct ModelSpec {
     pub family: String,
     /// Description from the manifest.
     pub description: String,
+    /// Weight precision from the manifest (`fp32`, `int8`).
+    pub precision: String,
     /// Where the files came from.
     pub source: String,
     /// Long-side length L.
@@ -64,30 +67,6 @@ pub struct ModelSpec {
     pub decoder_batched: bool,
     /// Number of mask tokens the decoder outputs (4 for SAM).
     pub mask_tokens: usize,
-}
-
-/// A computed image embedding plus the geometry needed to map prompts and masks.
-#[derive(Debug)]
-pub struct Embedding {
-    /// Row-major `[1, C, gh, gw]` values.
-    pub data: Vec<f32>,
-    /// Shape of `data`.
-    pub shape: [usize; 4],
-    /// Original (upright) image width.
-    pub width: u32,
-    /// Original (upright) image height.
-    pub height: u32,
-    /// Width after the long-side resize.
-    pub resized_width: u32,
-    /// Height after the long-side resize.
-    pub resized_height: u32,
-}
-
-impl Embedding {
-    /// Approximate heap size, for the cache's byte budget.
-    pub fn weight_bytes(&self) -> usize {
-        self.data.len() * std::mem::size_of::<f32>() + 128
-    }
 }
 
 /// One prompt in model-frame coordinates, ready for the decoder.
@@ -171,9 +150,17 @@ impl MaskGeometry {
     }
 }
 
+/// Where a session's graph comes from.
+#[derive(Clone, Copy)]
+enum GraphSource<'a> {
+    Bytes(&'a [u8]),
+    /// A file, for graphs with external data (resolved relative to it).
+    File(&'a std::path::Path),
+}
+
 fn build_session(
     env: &ort::environment::Environment,
-    bytes: &[u8],
+    graph: GraphSource<'_>,
     threads: usize,
     device: Device,
     require_gpu: bool,
@@ -189,9 +176,11 @@ fn build_session(
             .map_err(|e| anyhow!("{e}"))?;
     }
     let (mut builder, used) = super::device::apply(builder, device, require_gpu, role)?;
-    let session = builder
-        .commit_from_memory(bytes)
-        .map_err(|e| anyhow!("creating session: {e}"))?;
+    let session = match graph {
+        GraphSource::Bytes(bytes) => builder.commit_from_memory(bytes),
+        GraphSource::File(path) => builder.commit_from_file(path),
+    }
+    .map_err(|e| anyhow!("creating session: {e}"))?;
     Ok((session, used))
 }
 
@@ -279,9 +268,13 @@ pub fn load_model(
     opts: SessionOptions,
 ) -> anyhow::Result<ModelSessions> {
     let m: &Manifest = &files.manifest;
+    let encoder_graph = match &files.encoder_path {
+        Some(p) => GraphSource::File(p),
+        None => GraphSource::Bytes(&files.encoder),
+    };
     let (encoder, encoder_device) = build_session(
         env,
-        &files.encoder,
+        encoder_graph,
         opts.encoder_threads,
         opts.encoder_device,
         opts.require_gpu,
@@ -322,7 +315,7 @@ pub fn load_model(
     let decoder_bytes = decoder_graph(&m.name, &files.decoder);
     let (decoder, decoder_device) = build_session(
         env,
-        &decoder_bytes,
+        GraphSource::Bytes(&decoder_bytes),
         opts.decoder_threads,
         opts.decoder_device,
         opts.require_gpu,
@@ -361,6 +354,7 @@ pub fn load_model(
         name: m.name.clone(),
         family: m.family.clone(),
         description: m.description.clone(),
+        precision: m.precision.clone(),
         source: files.source.clone(),
         input_size: m.input_size as usize,
         pixel_mean: m.pixel_mean,
@@ -419,7 +413,7 @@ pub fn load_model(
         decoders.push(DecoderSession {
             session: build_session(
                 env,
-                &decoder_bytes,
+                GraphSource::Bytes(&decoder_bytes),
                 opts.decoder_threads,
                 decoder_device,
                 opts.require_gpu,
@@ -519,7 +513,7 @@ impl EncoderSession {
 
 fn embedding_of(img: &PreparedImage, data: Vec<f32>, shape: [usize; 4]) -> Embedding {
     Embedding {
-        data,
+        data: EmbeddingData::F32(data),
         shape,
         width: img.width,
         height: img.height,
@@ -703,9 +697,10 @@ impl DecoderSession {
             }
         }
         let orig = [emb.height as f32, emb.width as f32];
+        let values = emb.data.to_f32();
         let t = tensor_input;
         let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
-            ("image_embeddings".into(), t(emb.shape.to_vec(), &emb.data)?),
+            ("image_embeddings".into(), t(emb.shape.to_vec(), &values)?),
             ("point_coords".into(), t(vec![b, n, 2], &coords)?),
             ("point_labels".into(), t(vec![b, n], &labels)?),
             (

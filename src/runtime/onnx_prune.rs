@@ -29,17 +29,17 @@ const VALUE_INFO_NAME: u32 = 1;
 
 const WIRE_VARINT: u8 = 0;
 const WIRE_FIXED64: u8 = 1;
-const WIRE_LEN: u8 = 2;
+pub(super) const WIRE_LEN: u8 = 2;
 const WIRE_FIXED32: u8 = 5;
 
 /// One top-level field of a message, as found on the wire.
-struct Field<'a> {
-    number: u32,
-    wire: u8,
+pub(super) struct Field<'a> {
+    pub(super) number: u32,
+    pub(super) wire: u8,
     /// The whole encoded field (key included), for verbatim copies.
     raw: &'a [u8],
     /// The payload of a length-delimited field.
-    payload: &'a [u8],
+    pub(super) payload: &'a [u8],
 }
 
 fn read_varint(buf: &[u8], pos: &mut usize) -> anyhow::Result<u64> {
@@ -65,7 +65,7 @@ fn write_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn fields(buf: &[u8]) -> anyhow::Result<Vec<Field<'_>>> {
+pub(super) fn fields(buf: &[u8]) -> anyhow::Result<Vec<Field<'_>>> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < buf.len() {
@@ -101,7 +101,7 @@ fn fields(buf: &[u8]) -> anyhow::Result<Vec<Field<'_>>> {
     Ok(out)
 }
 
-fn strings(msg: &[u8], number: u32) -> anyhow::Result<Vec<String>> {
+pub(super) fn strings(msg: &[u8], number: u32) -> anyhow::Result<Vec<String>> {
     fields(msg)?
         .into_iter()
         .filter(|f| f.number == number && f.wire == WIRE_LEN)

@@ -7,7 +7,7 @@
 //! file or another format instead of decoding garbage; raw f32 keeps masks bit-identical
 //! across replicas.
 
-use crate::runtime::model::Embedding;
+use crate::runtime::embedding::{Embedding, EmbeddingData};
 
 const MAGIC: &[u8; 4] = b"SAME";
 /// Bump when the layout changes; older values then read as misses.
@@ -51,7 +51,9 @@ pub fn encode(tag: &ModelTag, e: &Embedding) -> Vec<u8> {
     }
     out.extend_from_slice(&(name.len() as u16).to_le_bytes());
     out.extend_from_slice(name);
-    for v in &e.data {
+    // Always float32 on the wire: replicas with float32 and float16 caches share a store
+    // (a float16 cache writes its rounded values widened, exactly).
+    for v in e.data.to_f32().iter() {
         out.extend_from_slice(&v.to_le_bytes());
     }
     out
@@ -115,7 +117,7 @@ pub fn decode(tag: &ModelTag, bytes: &[u8]) -> Result<Embedding, String> {
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
             .collect();
     Ok(Embedding {
-        data,
+        data: EmbeddingData::F32(data),
         shape,
         width,
         height,
@@ -138,7 +140,7 @@ mod tests {
 
     fn emb() -> Embedding {
         Embedding {
-            data: (0..24).map(|i| i as f32 * 0.37 - 3.0).collect(),
+            data: EmbeddingData::F32((0..24).map(|i| i as f32 * 0.37 - 3.0).collect()),
             shape: [1, 2, 3, 4],
             width: 640,
             height: 480,
@@ -150,12 +152,15 @@ mod tests {
     #[test]
     fn round_trip_is_bit_exact() {
         let mut e = emb();
-        e.data[5] = f32::from_bits(0x0000_0001); // a subnormal survives too
+        let EmbeddingData::F32(v) = &mut e.data else {
+            unreachable!()
+        };
+        v[5] = f32::from_bits(0x0000_0001); // a subnormal survives too
         let bytes = encode(&tag(), &e);
         assert_eq!(bytes.len(), 4 + 2 + 2 + 16 + 16 + 16 + 2 + 1 + 24 * 4);
         let back = decode(&tag(), &bytes).unwrap();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&back.data), bits(&e.data));
+        assert_eq!(bits(&back.data.to_f32()), bits(&e.data.to_f32()));
         assert_eq!((back.width, back.height), (640, 480));
         assert_eq!((back.resized_width, back.resized_height), (1024, 768));
     }

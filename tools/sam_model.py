@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""One command from an official SAM checkpoint to a model folder samserve serves.
+
+  # download (needs internet), verify, export encoder + batched decoder, smoke-check
+  sam_model.py --model vit_b --out models/sam-vit-b
+  # a checkpoint already on disk (verified when its name or size is a known one)
+  sam_model.py --model vit_h --checkpoint ~/Downloads/sam_vit_h_4b8939.pth --out models/sam-vit-h
+  # any URL urllib opens, e.g. a mirror or file:// (then pass its checksum)
+  sam_model.py --model vit_b --url file:///tmp/ckpt.pth --sha256 <hex> --out target/x
+
+Steps: fetch the checkpoint into --cache-dir (skipped when a verified copy is there), check
+its size and SHA-256 (and the MD5 prefix in the official file name), then
+tools/export_onnx.py: encoder.onnx (+ encoder.onnx.data, ONNX external data, for encoders
+past 2 GB or with --external-data), decoder.onnx, manifest.json, and its onnxruntime smoke
+check. Meta publishes the URLs; the file-name suffix is the first 6 hex digits of the
+file's MD5. The sizes and SHA-256 digests below are those of the published files as
+recorded by many independent download scripts; a mismatch stops the export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything"
+# model type -> (file name, size in bytes, sha256)
+CHECKPOINTS = {
+    "vit_b": ("sam_vit_b_01ec64.pth", 375_042_383,
+              "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
+    "vit_l": ("sam_vit_l_0b3195.pth", 1_249_524_607,
+              "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
+    "vit_h": ("sam_vit_h_4b8939.pth", 2_564_550_879,
+              "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
+}
+
+
+def digests(path: str) -> tuple[str, str]:
+    sha, md5 = hashlib.sha256(), hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            sha.update(chunk)
+            md5.update(chunk)
+    return sha.hexdigest(), md5.hexdigest()
+
+
+def verify(path: str, size: int | None, sha256: str | None, md5_prefix: str | None) -> None:
+    got = os.path.getsize(path)
+    if size is not None and got != size:
+        sys.exit(f"{path}: {got} bytes, expected {size} (truncated or another file)")
+    sha, md5 = digests(path)
+    if sha256 and sha != sha256.lower():
+        sys.exit(f"{path}: sha256 {sha}, expected {sha256}")
+    if md5_prefix and not md5.startswith(md5_prefix.lower()):
+        sys.exit(f"{path}: md5 {md5} does not start with {md5_prefix} (the official file name's suffix)")
+    print(f"  verified {path}: {got} bytes, sha256 {sha}" + (f", md5 {md5[:6]}..." if md5_prefix else ""))
+
+
+def fetch(url: str, dest: str) -> None:
+    tmp = dest + ".part"
+    t0 = time.time()
+    print(f"  downloading {url} -> {dest}", flush=True)
+    with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+        total = int(r.headers.get("content-length") or 0)
+        done, last = 0, 0.0
+        while chunk := r.read(1 << 22):
+            f.write(chunk)
+            done += len(chunk)
+            if total and time.time() - last > 5:
+                last = time.time()
+                print(f"    {done / 1e6:.0f} / {total / 1e6:.0f} MB", flush=True)
+    os.replace(tmp, dest)
+    print(f"  downloaded {done} bytes in {time.time() - t0:.0f} s")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, choices=sorted(CHECKPOINTS))
+    ap.add_argument("--out", help="model folder (default: models/sam-vit-b etc.)")
+    ap.add_argument("--checkpoint", help="a checkpoint file already on disk (no download)")
+    ap.add_argument("--url", help=f"download from here instead of {BASE_URL}/<file>")
+    ap.add_argument("--sha256", help="expected SHA-256 (default: the official file's; '' skips)")
+    ap.add_argument("--size", type=int, help="expected size in bytes (default: the official file's; 0 skips)")
+    ap.add_argument("--cache-dir", default="target/checkpoints")
+    ap.add_argument("--name", help="manifest name (default: the --out folder's name)")
+    ap.add_argument("--external-data", action="store_true",
+                    help="write the encoder's weights to encoder.onnx.data even below 2 GB")
+    ap.add_argument("--random-init", action="store_true",
+                    help="export the architecture with random weights instead of the checkpoint's (tests)")
+    a = ap.parse_args(argv)
+
+    fname, size, sha = CHECKPOINTS[a.model]
+    size = None if a.size == 0 else (a.size or size)
+    sha = None if a.sha256 == "" else (a.sha256 or sha)
+    out = a.out or f"models/sam-{a.model.replace('_', '-')}"
+    if a.checkpoint:
+        ckpt = a.checkpoint
+        official = os.path.basename(ckpt) == fname
+        # A renamed or fine-tuned file: verify only what was asked for explicitly.
+        verify(ckpt, size if official or a.size else None, sha if official or a.sha256 else None,
+               fname.rsplit("_", 1)[1][:6] if official else None)
+    else:
+        url = a.url or f"{BASE_URL}/{fname}"
+        os.makedirs(a.cache_dir, exist_ok=True)
+        ckpt = os.path.join(a.cache_dir, os.path.basename(url.split("?")[0]) or fname)
+        downloaded = not os.path.exists(ckpt)
+        if downloaded:
+            try:
+                fetch(url, ckpt)
+            except OSError as e:
+                sys.exit(f"download of {url} failed: {e}. Without internet, download {fname} elsewhere "
+                         f"and pass --checkpoint PATH")
+        official = os.path.basename(ckpt) == fname
+        try:
+            verify(ckpt, size, sha, fname.rsplit("_", 1)[1][:6] if official else None)
+        except SystemExit:
+            if downloaded:
+                os.remove(ckpt)  # a bad download is not kept for the next try
+            raise
+
+    import export_onnx
+
+    args = ["--out", out]
+    if a.random_init:
+        args += ["--random-init", a.model]
+    else:
+        args += ["--model-type", a.model, "--checkpoint", ckpt]
+    if a.name:
+        args += ["--name", a.name]
+    if a.external_data:
+        args += ["--external-data"]
+    export_onnx.main(args)
+    print(f"done: serve it with  samserve --model {out}")
+
+
+if __name__ == "__main__":
+    main()
