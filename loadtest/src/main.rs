@@ -8,6 +8,7 @@ mod load;
 mod promscrape;
 mod rng;
 mod scenario;
+mod soak;
 mod stats;
 
 use std::process::ExitCode;
@@ -34,6 +35,9 @@ enum Cmd {
     Baseline(baseline::BaselineArgs),
     /// Baseline + every scenario against freshly started servers; Markdown + JSON report.
     Bench(bench::BenchArgs),
+    /// Long mixed traffic (uploads forcing eviction, clicks, boxes, everything, refinement,
+    /// abandoned requests) against a fresh server with a small cache; RSS and cache sampled.
+    Soak(soak::SoakArgs),
 }
 
 fn write_json<T: serde::Serialize>(path: &std::path::Path, v: &T) -> anyhow::Result<()> {
@@ -66,6 +70,10 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Bench(a) => {
             bench::run(a).await?;
+        }
+        Cmd::Soak(a) => {
+            let r = soak::run(a).await?;
+            soak::print(&r)?;
         }
     }
     Ok(())

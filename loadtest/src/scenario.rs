@@ -87,7 +87,7 @@ pub struct Mix {
     pub cold: u32,
 }
 
-fn parse_size(s: &str) -> Result<(u32, u32), String> {
+pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
     let (w, h) = s
         .split_once(['x', 'X'])
         .ok_or("expected WxH, e.g. 640x480")?;
