@@ -258,3 +258,39 @@ async fn an_empty_request_part_is_no_request() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(error_code(&body), "invalid_prompt", "{body}");
 }
+
+/// The soak (`make soak`) found that a full cache refused new images: moka's default
+/// admission policy keeps frequently used entries and rejects a new one, so an upload
+/// answered 200 and the click right after it 404 (91 % of one-shot calls). The cache is
+/// LRU now: each new image is admitted and the least recently used one leaves.
+#[tokio::test]
+async fn a_full_cache_admits_every_new_upload() {
+    let mut cfg = common::config();
+    // Room for about two embeddings of the default model (it measures ~1 MiB each).
+    let probe = TestServer::default().await;
+    probe.upload(&synthetic_png(64, 48, 100)).await;
+    let one = probe.metric("samserve_cache_bytes", "").await as u64;
+    assert!(one > 0);
+    cfg.cache_bytes = one * 2 + one / 2;
+    let s = TestServer::start(cfg).await;
+    // Make the first two images "popular", then keep uploading new ones.
+    let mut ids = Vec::new();
+    for i in 0..12u32 {
+        let img = s.upload(&synthetic_png(64, 48, 200 + i)).await;
+        let id = img["image_id"].as_str().unwrap().to_string();
+        let reps = if i < 2 { 5 } else { 1 };
+        for _ in 0..reps {
+            let (status, out) = s
+                .segment(&id, &json!({"prompts": [{"points": [{"x": 10, "y": 10}]}]}))
+                .await;
+            assert_eq!(status, 200, "image {i} right after its upload: {out}");
+        }
+        ids.push(id);
+    }
+    assert!(s.metric("samserve_cache_bytes", "").await as u64 <= one * 2 + one / 2);
+    // The oldest images left, the newest stayed.
+    let (status, _) = s
+        .segment(&ids[0], &json!({"prompts": [{"box": [1, 1, 9, 9]}]}))
+        .await;
+    assert_eq!(status, 404);
+}

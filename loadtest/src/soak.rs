@@ -13,7 +13,6 @@ use anyhow::{bail, Context};
 use base64::Engine as _;
 use serde::Serialize;
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
 
 use crate::bench::Server;
 use crate::promscrape::Scrape;
@@ -318,19 +317,22 @@ async fn abandon(s: &Shared, rng: &mut Rng, img: &Image) {
         }
         1 => {
             let addr = s.base.trim_start_matches("http://").to_string();
-            let half = async {
-                let mut c = tokio::net::TcpStream::connect(&addr).await?;
+            let body = gen::png(&gen::scene(64, 48, rng.next_u64()));
+            let pause = Duration::from_millis(rng.below(200));
+            // A blocking socket on a blocking thread: the loop only needs to write and drop.
+            let half = tokio::task::spawn_blocking(move || {
+                use std::io::Write as _;
+                let mut c = std::net::TcpStream::connect(&addr)?;
                 let head = "POST /v1/images HTTP/1.1\r\nHost: soak\r\nContent-Type: image/png\r\n\
                             Content-Length: 200000\r\n\r\n";
-                c.write_all(head.as_bytes()).await?;
-                c.write_all(&gen::png(&gen::scene(64, 48, rng.next_u64())))
-                    .await?;
-                tokio::time::sleep(Duration::from_millis(rng.below(200))).await;
-                anyhow::Ok(())
-            };
+                c.write_all(head.as_bytes())?;
+                c.write_all(&body)?;
+                std::thread::sleep(pause);
+                std::io::Result::Ok(())
+            });
             match half.await {
-                Ok(()) => s.count("abandon-half-body", "abandoned"),
-                Err(_) => s.count("abandon-half-body", "transport"),
+                Ok(Ok(())) => s.count("abandon-half-body", "abandoned"),
+                _ => s.count("abandon-half-body", "transport"),
             }
         }
         _ => {
