@@ -44,7 +44,7 @@ pub fn i64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
 
 #[cfg(test)]
 mod tests {
-    #[derive(serde::Deserialize)]
+    #[derive(Debug, serde::Deserialize)]
     struct T {
         #[serde(default, deserialize_with = "super::opt_i64")]
         a: Option<i64>,
