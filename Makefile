@@ -118,6 +118,23 @@ $(BROWSER_DIR)/node_modules/.package-lock.json: $(BROWSER_DIR)/package.json $(BR
 fuzz-api: $(ORT_LIB)
 	$(CARGO) build --release --bin samserve
 	tools/fuzz_api/run.sh
+# cargo-fuzz targets (fuzz/, its own workspace; nightly toolchain and `cargo install
+# cargo-fuzz`): each target runs FUZZ_SECONDS, one after another; see fuzz/run.sh.
+FUZZ_SECONDS ?= 600
+.PHONY: fuzz
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh
+
+# Soak: SOAK_SECONDS (600) of mixed traffic against a fresh server with a 16 MiB cache
+# (loadtest/src/soak.rs); fails on any 5xx, the cache gauge above its budget, or RSS above
+# the documented bound. Report in target/soak/soak.json. SOAK_ARGS passes more flags.
+SOAK_SECONDS ?= 600
+.PHONY: soak
+soak: $(ORT_LIB)
+	$(CARGO) build --release --workspace
+	target/release/samserve-loadtest soak --server-bin target/release/samserve \
+		--duration $(SOAK_SECONDS) --out target/soak $(SOAK_ARGS)
+
 # Hybrid decoding parity (needs tools/.venv): a server on a free loopback port, then the
 # downloaded embedding + decoder.onnx in Python onnxruntime vs the server's masks.
 # After the include: it uses the tools venv's variables.

@@ -90,6 +90,18 @@ pub struct Config {
     )]
     pub everything_max_pixels: u64,
 
+    /// Most prompts one segment-everything request may decode: the grid's points summed
+    /// over every crop (`points_per_side`² x (1 + 4 + 16 ...) with the default downscale
+    /// factor). A request asking for more gets 413 before any work; the default covers
+    /// the `default` (1,024) and `sa1b` (3,072) presets.
+    #[arg(long, env = "SAMSERVE_EVERYTHING_MAX_POINTS", default_value_t = 4096)]
+    pub everything_max_points: u64,
+
+    /// Most crops (encoder runs) one segment-everything request may ask for: 1 + 4 + 16
+    /// ... for `crop_n_layers` 0, 1, 2 ...; over it, 413. The default allows 2 layers (21).
+    #[arg(long, env = "SAMSERVE_EVERYTHING_MAX_CROPS", default_value_t = 21)]
+    pub everything_max_crops: u64,
+
     /// ONNX Runtime intra-op threads for the encoder (0 = all cores). An upload is one long
     /// encoder run during which the decoder is usually idle, so it gets every core; while
     /// both run they share the cores and clicks wait longer. Set it to the cores minus the

@@ -79,7 +79,7 @@ pub struct BenchArgs {
 }
 
 /// A server process started by the bench; killed when dropped (also on errors and ^C).
-struct Server {
+pub(crate) struct Server {
     child: Option<Child>,
     base: String,
     log: PathBuf,
@@ -87,7 +87,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(
+    pub(crate) fn start(
         bin: &Path,
         args: &[String],
         ort_lib: Option<&Path>,
@@ -128,7 +128,7 @@ impl Server {
         })
     }
 
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let client = load::http_client(2.0)?;
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
@@ -158,8 +158,18 @@ impl Server {
         }
     }
 
+    /// The server's base URL.
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The server's process id while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// SIGTERM (graceful), then SIGKILL after 5 s.
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let Some(mut c) = self.child.take() else {
             return;
         };

@@ -8,6 +8,7 @@ mod load;
 mod promscrape;
 mod rng;
 mod scenario;
+mod soak;
 mod stats;
 mod textbench;
 
@@ -37,6 +38,9 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Text-prompt latency against a running server (the text run of `bench`).
     Text(textbench::TextArgs),
+    /// Long mixed traffic (uploads forcing eviction, clicks, boxes, everything, refinement,
+    /// abandoned requests) against a fresh server with a small cache; RSS and cache sampled.
+    Soak(soak::SoakArgs),
 }
 
 fn write_json<T: serde::Serialize>(path: &std::path::Path, v: &T) -> anyhow::Result<()> {
@@ -76,6 +80,9 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             if let Some(p) = &a.json {
                 write_json(p, &r)?;
             }
+        Cmd::Soak(a) => {
+            let r = soak::run(a).await?;
+            soak::print(&r)?;
         }
     }
     Ok(())

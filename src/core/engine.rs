@@ -324,6 +324,8 @@ pub struct Engine {
     pub(crate) decode_gate: DecodeGate,
     pub(crate) everything_max_masks: u64,
     pub(crate) everything_max_pixels: u64,
+    pub(crate) everything_max_points: u64,
+    pub(crate) everything_max_crops: u64,
     ready: AtomicBool,
 }
 
@@ -480,6 +482,8 @@ impl Engine {
             decode_gate: DecodeGate::new(config, cores, metrics.clone()),
             everything_max_masks: config.everything_max_masks,
             everything_max_pixels: config.everything_max_pixels,
+            everything_max_points: config.everything_max_points,
+            everything_max_crops: config.everything_max_crops,
             ready: AtomicBool::new(true),
         };
         Ok(Arc::new(engine))

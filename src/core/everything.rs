@@ -125,6 +125,16 @@ impl AmgBackend for EngineBackend<'_> {
 }
 
 impl Engine {
+    /// Refuses (413) a segment-everything request whose grid asks for more decoded points
+    /// or encoded crops than the server allows per request, before any work is done, so
+    /// that no request can hold the workers past its deadline by its parameters alone.
+    pub fn check_everything_work(&self, params: &AmgParams) -> ApiResult<()> {
+        let settings = params.resolve().map_err(ApiError::InvalidPrompt)?;
+        settings
+            .check_work(self.everything_max_points, self.everything_max_crops)
+            .map_err(ApiError::PayloadTooLarge)
+    }
+
     /// Runs the automatic mask generator on a cached image. `on_progress` sees each decoded
     /// batch; `cancelled` is polled before each model call so that a request whose client
     /// has gone stops costing compute.
@@ -137,6 +147,7 @@ impl Engine {
         cancelled: &(dyn Fn() -> bool + Sync),
     ) -> ApiResult<(AmgOutput, u32, u32)> {
         let handle = self.model(model)?;
+        self.check_everything_work(&params)?;
         let whole = self.embedding(model, image_id).await?;
         params.clamp_caps(
             Some(self.everything_max_masks),

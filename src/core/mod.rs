@@ -6,6 +6,7 @@ pub mod decode_gate;
 pub mod downloads;
 pub mod engine;
 pub mod everything;
+pub mod lenient;
 pub mod mask_store;
 pub mod masks;
 pub mod prompts;

@@ -11,13 +11,14 @@ use crate::runtime::model::{DecoderPrompt, Embedding, ModelSpec};
 
 /// A click in original-image pixel coordinates.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Point {
     /// X in pixels, `0 <= x <= width`.
     pub x: f64,
     /// Y in pixels, `0 <= y <= height`.
     pub y: f64,
     /// 1 = foreground, 0 = background.
-    #[serde(default = "default_label")]
+    #[serde(default = "default_label", deserialize_with = "super::lenient::i64")]
     #[schema(minimum = 0, maximum = 1, default = 1)]
     pub label: i64,
 }
@@ -51,7 +52,7 @@ pub struct Prompt {
     #[serde(default)]
     pub text: Option<String>,
     /// Masks to return for a text prompt (1 by default, at most 100).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::lenient::opt_usize")]
     pub max_masks: Option<usize>,
 }
 

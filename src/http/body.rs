@@ -110,7 +110,8 @@ async fn read_multipart(req: Request) -> Result<Payload, ApiError> {
         let data = field.bytes().await.map_err(multipart_error)?;
         match name.as_str() {
             "image" | "file" => image = Some(data),
-            "request" => request = Some(data),
+            // An empty `request` part is no request (form encoders send empty fields).
+            "request" => request = (!data.trim_ascii().is_empty()).then_some(data),
             other => {
                 return Err(ApiError::BadRequest(format!(
                 "unexpected multipart field '{other}' (expected 'image' and optionally 'request')"

@@ -19,6 +19,7 @@ pub struct EmbeddingQuery {
     pub model: Option<String>,
     /// `float32` (default: the values the decoder sees) or `float16` (half the bytes,
     /// rounded to nearest even).
+    #[param(pattern = "^(float32|float16)$")]
     pub dtype: Option<String>,
 }
 
@@ -70,7 +71,8 @@ fn file_response(
 /// `segment_anything`'s `ResizeLongestSide.apply_coords` does.
 #[utoipa::path(
     get, path = "/v1/images/{image_id}/embedding", tag = "images",
-    params(("image_id" = String, Path, description = "Image id"), EmbeddingQuery),
+    params(("image_id" = String, Path, description = "Image id", pattern = "^[0-9a-f]{64}$",
+        example = json!(super::images::EXAMPLE_PNG_ID)), EmbeddingQuery),
     responses(
         (status = 200, description = "The embedding as a .npy file", content_type = "application/x-npy",
             headers(

@@ -41,6 +41,29 @@ pub struct EverythingRequest {
     pub text_threshold: Option<f32>,
 }
 
+/// Body of the one-shot `POST /v1/everything` as JSON: the request's fields plus the image
+/// (the schema of what [`parse_request`] reads).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct InlineEverythingRequest {
+    /// The image file (any supported format), base64-encoded.
+    pub image: String,
+    /// The generator's parameters and the mask encoding, at the top level of the body.
+    #[serde(flatten)]
+    pub request: EverythingRequest,
+}
+
+/// Multipart one-shot segment everything: the image and an optional JSON `request` part
+/// (documentation only).
+#[derive(ToSchema)]
+pub struct EverythingForm {
+    /// The image file.
+    #[schema(value_type = String, format = Binary)]
+    pub image: Vec<u8>,
+    /// The generator's parameters: a JSON part (`Content-Type: application/json`, or none);
+    /// reference defaults when absent.
+    pub request: Option<EverythingRequest>,
+}
+
 /// Default `text_threshold` of segment everything with `text`.
 pub const DEFAULT_TEXT_THRESHOLD: f32 = 0.3;
 
@@ -137,7 +160,10 @@ fn summary_json(
 }
 
 /// Splits a JSON body into the request and an optional inline image (`image`, base64).
-fn parse_request(body: &[u8], allow_image: bool) -> ApiResult<(EverythingRequest, Option<Bytes>)> {
+pub fn parse_request(
+    body: &[u8],
+    allow_image: bool,
+) -> ApiResult<(EverythingRequest, Option<Bytes>)> {
     let mut v: serde_json::Value = parse_json(body)?;
     let obj = v
         .as_object_mut()
@@ -220,13 +246,13 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
 /// mask, then `{"type": "summary", ...}` (or `{"type": "error", "error": {...}}`).
 #[utoipa::path(
     post, path = "/v1/images/{image_id}/everything", tag = "segment",
-    params(("image_id" = String, Path, description = "Image id from POST /v1/images", pattern = "^[0-9a-f]{64}$"), ModelQuery),
+    params(("image_id" = String, Path, description = "Image id from POST /v1/images", pattern = "^[0-9a-f]{64}$", example = json!(super::images::EXAMPLE_PNG_ID)), ModelQuery),
     request_body(content((EverythingRequest = "application/json",
         example = json!({"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0})))),
     responses(
         (status = 200, description = "Generated masks (JSON, or NDJSON lines when asked)", body = EverythingResponse),
         (status = 400, description = "Malformed body or image id", body = ErrorBody),
-        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 413, description = "Body over the limit, or the grid asks for more points or crops than --everything-max-points / --everything-max-crops allow", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 404, description = "Unknown image or model", body = ErrorBody),
         (status = 422, description = "Invalid parameters", body = ErrorBody),
@@ -251,14 +277,14 @@ pub async fn everything(
     post, path = "/v1/everything", tag = "segment",
     params(ModelQuery),
     request_body(content(
-        ("application/json", example = json!({"image": super::images::EXAMPLE_PNG_BASE64,
+        (InlineEverythingRequest = "application/json", example = json!({"image": super::images::EXAMPLE_PNG_BASE64,
             "points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0})),
-        (super::types::ImageForm = "multipart/form-data"))),
+        (EverythingForm = "multipart/form-data"))),
     responses(
         (status = 200, description = "Generated masks", body = EverythingResponse),
         (status = 404, description = "Unknown model", body = ErrorBody),
         (status = 400, description = "Malformed body or corrupt image", body = ErrorBody),
-        (status = 413, description = "Over a limit", body = ErrorBody),
+        (status = 413, description = "Over a limit (body, pixels, or the grid's points or crops: --everything-max-points / --everything-max-crops)", body = ErrorBody),
         (status = 415, description = "Unsupported type", body = ErrorBody),
         (status = 422, description = "Invalid parameters", body = ErrorBody),
     )
@@ -289,6 +315,8 @@ pub async fn everything_inline(
             ))
         }
     };
+    // Refuse an over-limit grid before paying for the upload's encode.
+    state.engine()?.check_everything_work(&request.params)?;
     let info = state
         .engine()?
         .ingest(q.model.as_deref(), image, None)

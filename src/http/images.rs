@@ -14,6 +14,10 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 /// A 32x24 PNG (blue with a red rectangle), the OpenAPI examples' image.
 pub const EXAMPLE_PNG_BASE64: &str = "iVBORw0KGgoAAAANSUhEUgAAACAAAAAYCAIAAAAUMWhjAAAAN0lEQVR42mPUqDjBQEvAxEBjMGrBwFvAgkti37Iwkgxyilo1GgejFoxaMGoBuYBxtEYbtYBiAADRAgYBYIMQTAAAAABJRU5ErkJggg==";
 
+/// The image id of [`EXAMPLE_PNG_BASE64`] (blake3 of its bytes; a unit test checks it), the
+/// OpenAPI examples' image id: an example upload followed by example calls on it succeeds.
+pub const EXAMPLE_PNG_ID: &str = "8f737f170fa0bb8346369ccff44ad284f3fe4958c5054f145b660000162af455";
+
 /// Takes the image bytes out of a payload of an upload route.
 fn upload_bytes(p: Payload) -> ApiResult<Bytes> {
     match p {
@@ -71,10 +75,10 @@ pub async fn upload(
 /// id does not match.
 #[utoipa::path(
     put, path = "/v1/images/{image_id}", tag = "images",
-    params(("image_id" = String, Path, description = "blake3 hex of the image bytes", pattern = "^[0-9a-f]{64}$"), ModelQuery),
+    params(("image_id" = String, Path, description = "blake3 hex of the image bytes", pattern = "^[0-9a-f]{64}$", example = json!(EXAMPLE_PNG_ID)), ModelQuery),
     request_body(description = "Image bytes, multipart or base64 JSON, as for POST /v1/images",
         content((ImageBytes = "application/octet-stream"), (ImageForm = "multipart/form-data"),
-            (ImageJson = "application/json"))),
+            (ImageJson = "application/json", example = json!({"image": EXAMPLE_PNG_BASE64})))),
     responses(
         (status = 200, description = "Image embedded (or already cached)", body = ImageResponse),
         (status = 400, description = "Hash mismatch, corrupt image or malformed body", body = ErrorBody),
@@ -100,7 +104,7 @@ pub async fn put_image(
 /// Describe a cached image.
 #[utoipa::path(
     get, path = "/v1/images/{image_id}", tag = "images",
-    params(("image_id" = String, Path, description = "Image id", pattern = "^[0-9a-f]{64}$"), ModelQuery),
+    params(("image_id" = String, Path, description = "Image id", pattern = "^[0-9a-f]{64}$", example = json!(EXAMPLE_PNG_ID)), ModelQuery),
     responses(
         (status = 200, description = "The image is cached", body = ImageResponse),
         (status = 400, description = "Malformed image id", body = ErrorBody),
@@ -129,7 +133,7 @@ pub async fn get_image(
 /// Whether an image's embedding is cached (200) or not (404); no body.
 #[utoipa::path(
     head, path = "/v1/images/{image_id}", tag = "images",
-    params(("image_id" = String, Path, description = "Image id", pattern = "^[0-9a-f]{64}$"), ModelQuery),
+    params(("image_id" = String, Path, description = "Image id", pattern = "^[0-9a-f]{64}$", example = json!(EXAMPLE_PNG_ID)), ModelQuery),
     responses((status = 200, description = "Cached"), (status = 400, description = "Malformed image id"),
         (status = 404, description = "Not cached, or unknown model"))
 )]
@@ -154,7 +158,7 @@ pub async fn head_image(
 /// Drop an image's embedding from the cache.
 #[utoipa::path(
     delete, path = "/v1/images/{image_id}", tag = "images",
-    params(("image_id" = String, Path, description = "Image id", pattern = "^[0-9a-f]{64}$"), ModelQuery),
+    params(("image_id" = String, Path, description = "Image id", pattern = "^[0-9a-f]{64}$", example = json!(EXAMPLE_PNG_ID)), ModelQuery),
     responses(
         (status = 204, description = "Removed"),
         (status = 400, description = "Malformed image id", body = ErrorBody),
@@ -176,7 +180,7 @@ pub async fn delete_image(
 /// Run point, box and mask prompts against a cached image.
 #[utoipa::path(
     post, path = "/v1/images/{image_id}/segment", tag = "segment",
-    params(("image_id" = String, Path, description = "Image id from POST /v1/images", pattern = "^[0-9a-f]{64}$"), ModelQuery),
+    params(("image_id" = String, Path, description = "Image id from POST /v1/images", pattern = "^[0-9a-f]{64}$", example = json!(EXAMPLE_PNG_ID)), ModelQuery),
     request_body(content((SegmentRequest = "application/json",
         example = json!({"prompts": [{"points": [{"x": 16, "y": 12, "label": 1}]}]})))),
     responses(
@@ -268,8 +272,11 @@ pub async fn segment_inline(
             )
         }
         Payload::Multipart { image, request } => {
+            // Without a request there is nothing to segment: the same 422 as `prompts: []`.
             let request = request.ok_or_else(|| {
-                ApiError::BadRequest("multipart body has no 'request' part (JSON)".into())
+                ApiError::prompt(
+                    "no prompts given: the multipart body has no (or an empty) 'request' part",
+                )
             })?;
             (image, parse_json::<SegmentRequest>(&request)?)
         }
@@ -295,4 +302,15 @@ pub async fn segment_inline(
         request,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_id_is_the_hash_of_the_example_image() {
+        let bytes = decode_base64_image(EXAMPLE_PNG_BASE64).unwrap();
+        assert_eq!(crate::core::engine::image_id_of(&bytes), EXAMPLE_PNG_ID);
+    }
 }

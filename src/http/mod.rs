@@ -9,6 +9,7 @@ pub mod everything;
 pub mod guard;
 pub mod images;
 pub mod openapi;
+pub mod openapi_rules;
 pub mod page;
 pub mod serve;
 pub mod system;
@@ -128,6 +129,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(json_rejections))
         .layer(middleware::from_fn_with_state(state.clone(), track_metrics))
         // Outermost last: access log and request id around everything, CORS around the key
         // check (preflights carry no key, and a 401 must be readable cross-origin).
@@ -135,6 +137,26 @@ pub fn router(state: AppState) -> Router {
         .layer(cors::layer(&state.cors_allow_origins))
         .layer(middleware::from_fn(access::access))
         .with_state(state)
+}
+
+/// axum's extractors answer a malformed query string or path (`?dtype=a&dtype=b`, bad
+/// percent-encoding) with a plain-text 400; every error of this API is the JSON error body,
+/// so such an answer is rewritten as 400 `bad_request` with the extractor's message.
+async fn json_rejections(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let plain = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if resp.status() != axum::http::StatusCode::BAD_REQUEST || !plain {
+        return resp;
+    }
+    let text = axum::body::to_bytes(resp.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    ApiError::BadRequest(text).into_response()
 }
 
 async fn not_found(req: Request) -> ApiError {

@@ -33,6 +33,7 @@ use utoipa::openapi::{self as oa, security as sec};
         ErrorBody, ErrorDetail, types::ImageBytes, types::ImageForm, types::ImageJson,
         types::SegmentForm, everything::EverythingRequest, everything::EverythingResponse,
         everything::EverythingMask, everything::Segmentation, AmgParams, AmgPreset,
+        everything::InlineEverythingRequest, everything::EverythingForm,
     )),
     modifiers(&Hardening),
     tags(
@@ -122,8 +123,9 @@ impl utoipa::Modify for Hardening {
 
 /// The document as pretty JSON, exactly as committed in `openapi/openapi.json`.
 pub fn openapi_json() -> String {
-    let mut s = ApiDoc::openapi()
-        .to_pretty_json()
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("OpenAPI serializes");
+    super::openapi_rules::apply(&mut doc);
+    let mut s = serde_json::to_string_pretty(&doc)
         .expect("OpenAPI serializes")
         // utoipa 5 writes a Link's operation id in snake case; OpenAPI spells it operationId
         // (operations' own ids are already `operationId`, so only links match).

@@ -42,8 +42,8 @@ pub struct SegmentForm {
     /// The image file.
     #[schema(value_type = String, format = Binary)]
     pub image: Vec<u8>,
-    /// A `SegmentRequest` as JSON text.
-    pub request: String,
+    /// The segment request: a JSON part (`Content-Type: application/json`, or none).
+    pub request: SegmentRequest,
 }
 
 /// Answer to an image upload.

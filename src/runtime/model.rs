@@ -69,6 +69,34 @@ pub struct ModelSpec {
     pub mask_tokens: usize,
 }
 
+impl ModelSpec {
+    /// A spec with only the geometry that prompt validation and mask mapping read (no
+    /// sessions behind it): for the fuzz targets and unit tests, which run without ONNX
+    /// Runtime.
+    pub fn geometry_only(name: &str, input_size: usize, low_res_size: [usize; 2]) -> Self {
+        ModelSpec {
+            name: name.to_string(),
+            family: "sam".to_string(),
+            description: String::new(),
+            precision: "fp32".to_string(),
+            source: String::new(),
+            input_size,
+            pixel_mean: [0.0; 3],
+            pixel_std: [1.0; 3],
+            encoder_input: EncoderInput::NchwNormalized,
+            encoder_input_name: String::new(),
+            encoder_output_name: String::new(),
+            embedding_shape: [1, 1, low_res_size[0] / 4, low_res_size[1] / 4],
+            low_res_size,
+            encoder_device: "cpu".to_string(),
+            decoder_device: "cpu".to_string(),
+            encoder_batched: false,
+            decoder_batched: true,
+            mask_tokens: 4,
+        }
+    }
+}
+
 /// One prompt in model-frame coordinates, ready for the decoder.
 #[derive(Debug, Clone)]
 pub struct DecoderPrompt {

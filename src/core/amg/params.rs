@@ -43,6 +43,7 @@ pub struct AmgParams {
     /// Mutually exclusive with `point_grids`.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 256)]
+    #[serde(deserialize_with = "crate::core::lenient::opt_i64")]
     pub points_per_side: Option<i64>,
     /// Explicit point grids normalized to [0, 1], `[x, y]`, one per crop layer (layer 0 is the
     /// whole image). Mutually exclusive with `points_per_side`.
@@ -51,6 +52,7 @@ pub struct AmgParams {
     /// Prompts decoded per decoder call (64).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 1024)]
+    #[serde(deserialize_with = "crate::core::lenient::opt_i64")]
     pub points_per_batch: Option<i64>,
     /// Keep masks whose predicted IoU is strictly above this (0.88); 0 disables the filter.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,6 +73,7 @@ pub struct AmgParams {
     /// Number of crop layers after the whole image; layer i has 2^i × 2^i crops (0).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0, maximum = 4)]
+    #[serde(deserialize_with = "crate::core::lenient::opt_i64")]
     pub crop_n_layers: Option<i64>,
     /// Box IoU above which NMS drops a mask across crops (0.7).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -83,19 +86,23 @@ pub struct AmgParams {
     /// Points per side in crop layer i are `points_per_side / factor^i` (1).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 256)]
+    #[serde(deserialize_with = "crate::core::lenient::opt_i64")]
     pub crop_n_points_downscale_factor: Option<i64>,
     /// If positive, fill holes and remove islands smaller than this many pixels (0).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0)]
+    #[serde(deserialize_with = "crate::core::lenient::opt_i64")]
     pub min_mask_region_area: Option<i64>,
     /// Keep at most this many masks, those with the highest predicted IoU (unlimited).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
+    #[serde(deserialize_with = "crate::core::lenient::opt_i64")]
     pub max_masks: Option<i64>,
     /// Keep masks, highest predicted IoU first, while the sum of their areas stays within this
     /// many pixels (unlimited).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0)]
+    #[serde(deserialize_with = "crate::core::lenient::opt_i64")]
     pub max_total_pixels: Option<i64>,
 }
 
@@ -122,6 +129,40 @@ impl AmgSettings {
     /// Total number of prompts for one crop of each layer.
     pub fn points_in_layer(&self, layer: usize) -> usize {
         self.point_grids.get(layer).map_or(0, Vec::len)
+    }
+
+    /// Crops the run encodes: layer i has 2^i x 2^i of them (1 + 4 + 16 + ...).
+    pub fn crops(&self) -> u64 {
+        (0..=self.crop_n_layers).map(|i| 1u64 << (2 * i)).sum()
+    }
+
+    /// Prompts the run decodes: every crop of layer i decodes that layer's grid.
+    pub fn total_points(&self) -> u64 {
+        (0..=self.crop_n_layers as usize)
+            .map(|i| self.points_in_layer(i) as u64 * (1u64 << (2 * i)))
+            .sum()
+    }
+
+    /// Checks the work of one run against the server's caps (`--everything-max-points`,
+    /// `--everything-max-crops`); the message names the numbers and the flag.
+    pub fn check_work(&self, max_points: u64, max_crops: u64) -> Result<(), String> {
+        let (points, crops) = (self.total_points(), self.crops());
+        if points > max_points {
+            return Err(format!(
+                "segment everything would decode {points} points ({} crop layer(s)), more than \
+                 this server's limit of {max_points} per request (--everything-max-points); \
+                 lower points_per_side or crop_n_layers",
+                self.crop_n_layers
+            ));
+        }
+        if crops > max_crops {
+            return Err(format!(
+                "segment everything would encode {crops} crops (crop_n_layers {}), more than \
+                 this server's limit of {max_crops} per request (--everything-max-crops)",
+                self.crop_n_layers
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -341,6 +382,27 @@ mod tests {
 
     fn parse(json: &str) -> AmgParams {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn work_counts_points_over_every_crop() {
+        // Reference defaults: one 32x32 grid on the whole image.
+        let s = parse("{}").resolve().unwrap();
+        assert_eq!((s.total_points(), s.crops()), (1024, 1));
+        // SA-1B: 32² + 4 crops x 16² + 16 crops x 8².
+        let s = parse(r#"{"preset": "sa1b"}"#).resolve().unwrap();
+        assert_eq!(
+            (s.total_points(), s.crops()),
+            (1024 + 4 * 256 + 16 * 64, 21)
+        );
+        // Both presets fit the server's default caps (4,096 points, 21 crops).
+        assert!(s.check_work(4096, 21).is_ok());
+        let s = parse(r#"{"points_per_side": 65}"#).resolve().unwrap();
+        assert!(s.check_work(4096, 21).unwrap_err().contains("4225 points"));
+        let s = parse(r#"{"points_per_side": 1, "crop_n_layers": 3}"#)
+            .resolve()
+            .unwrap();
+        assert!(s.check_work(4096, 21).unwrap_err().contains("85 crops"));
     }
 
     #[test]
