@@ -80,6 +80,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             if let Some(p) = &a.json {
                 write_json(p, &r)?;
             }
+        }
         Cmd::Soak(a) => {
             let r = soak::run(a).await?;
             soak::print(&r)?;
