@@ -127,7 +127,8 @@ pub fn region_features(rgb: &RgbImage, mask: &BinaryMask) -> [f32; N_FEATURES] {
             mu03 += dy * dy * dy;
             mu21 += dx * dx * dy;
             mu12 += dx * dy * dy;
-            let bin = (((dy.atan2(dx) + std::f64::consts::PI) * sector) as usize).min(RADIAL_BINS - 1);
+            let bin =
+                (((dy.atan2(dx) + std::f64::consts::PI) * sector) as usize).min(RADIAL_BINS - 1);
             rmax[bin] = rmax[bin].max((dx * dx + dy * dy).sqrt());
             let inside = x > x0
                 && x + 1 < x1
