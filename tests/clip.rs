@@ -11,6 +11,7 @@ mod common;
 
 use std::path::PathBuf;
 
+use common::vectors::{cos, floats, ints};
 use common::TestServer;
 use samserve::core::masks::BinaryMask;
 use samserve::runtime::text::clip::crop_pixels;
@@ -32,21 +33,6 @@ fn clip_files() -> TextFiles {
     TextFiles::from_dir(&common::repo().join("tests/fixtures/models/clip-tiny")).unwrap()
 }
 
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn cos(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb)
-}
-
 #[test]
 fn clip_token_ids_and_text_embeddings_match_python() {
     let files = clip_files();
@@ -59,12 +45,7 @@ fn clip_token_ids_and_text_embeddings_match_python() {
     let mut truncated = 0;
     for c in d["cases"].as_array().unwrap() {
         let s = c["text"].as_str().unwrap();
-        let want: Vec<i64> = c["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_i64().unwrap())
-            .collect();
+        let want = ints(&c["ids"]);
         let ids = tok.ids(s).unwrap();
         assert_eq!(ids, want, "token ids of {s:?}");
         truncated += usize::from(want.len() == max);

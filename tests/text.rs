@@ -11,6 +11,7 @@ mod common;
 
 use std::path::PathBuf;
 
+use common::vectors::{cos, floats, ints};
 use common::{rle_mask, TestServer};
 use samserve::core::masks::rle::{decode, CocoRle};
 use samserve::runtime::text::features::region_features;
@@ -30,21 +31,6 @@ fn text_files() -> TextFiles {
     TextFiles::from_dir(&common::repo().join("models/text-minilm")).expect("text model folder")
 }
 
-fn cos(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb)
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
 #[test]
 fn token_ids_match_python_tokenizers() {
     let tok = PhraseTokenizer::from_bytes(&text_files().tokenizer).unwrap();
@@ -54,12 +40,7 @@ fn token_ids_match_python_tokenizers() {
     let mut truncated = 0;
     for c in cases {
         let text = c["text"].as_str().unwrap();
-        let want: Vec<i64> = c["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_i64().unwrap())
-            .collect();
+        let want = ints(&c["ids"]);
         let got = tok.ids(text).unwrap();
         assert_eq!(got, want, "token ids of {text:?}");
         if want.len() == doc["max_tokens"].as_u64().unwrap() as usize {

@@ -137,6 +137,23 @@ def _free_port():
     return p
 
 
+def start_server(binary, model=None, ort_lib=".ort/lib/libonnxruntime.so"):
+    """The real server on a free loopback port, once /readyz answers: (process, base URL)."""
+    port = _free_port()
+    env = dict(os.environ, SAMSERVE_ORT_LIB=os.path.abspath(ort_lib), RUST_LOG="warn")
+    cmd = [binary, "--port", str(port)] + (["--model", model] if model else [])
+    proc = subprocess.Popen(cmd, env=env)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(base + "/readyz", timeout=2)
+            return proc, base
+        except Exception:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("server did not become ready")
+
+
 def _post(url, body, ctype="application/json", timeout=600):
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"content-type": ctype})
@@ -153,18 +170,8 @@ def _rle_decode(rle):
 def eval_server(args):
     from PIL import Image
 
-    port = _free_port()
-    env = dict(os.environ, SAMSERVE_ORT_LIB=os.path.abspath(args.ort_lib), RUST_LOG="warn")
-    cmd = [args.server, "--port", str(port)] + (["--model", args.model] if args.model else [])
-    proc = subprocess.Popen(cmd, env=env)
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start_server(args.server, args.model, args.ort_lib)
     try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(base + "/readyz", timeout=2)
-                break
-            except Exception:
-                time.sleep(0.5)
         rng = np.random.default_rng(0)
         hits = {"train": [], "heldout": []}
         chance = []

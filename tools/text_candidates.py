@@ -19,7 +19,6 @@ import argparse
 import io
 import json
 import os
-import subprocess
 import sys
 import time
 import urllib.request
@@ -30,7 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import text_data  # noqa: E402
 from data_engine import make_scene  # noqa: E402
-from evaluate_text import _free_port, _post, _rle_decode, iou  # noqa: E402
+from evaluate_text import _post, _rle_decode, iou, start_server  # noqa: E402
 
 MATCH_IOU = 0.5
 # Training scenes of the candidate set: disjoint from train_text.py's clean-mask scenes
@@ -40,22 +39,6 @@ CAND_SEED0 = 800_000
 
 def candidate_params(text_json="models/text-minilm/text.json"):
     return json.loads(Path(text_json).read_text()).get("candidates", {})
-
-
-def start_server(binary, model=None, ort_lib=".ort/lib/libonnxruntime.so"):
-    port = _free_port()
-    env = dict(os.environ, SAMSERVE_ORT_LIB=os.path.abspath(ort_lib), RUST_LOG="warn")
-    cmd = [binary, "--port", str(port)] + (["--model", model] if model else [])
-    proc = subprocess.Popen(cmd, env=env)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            urllib.request.urlopen(base + "/readyz", timeout=2)
-            return proc, base
-        except Exception:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
 
 
 def scene_candidates(base, seed, params, long_side=512):

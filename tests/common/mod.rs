@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod child;
+pub mod vectors;
 
 use std::path::PathBuf;
 use std::sync::Arc;
