@@ -37,16 +37,23 @@ from evaluate import OnnxSam, iou  # noqa: E402
 # the decoder's transformer (ONNX Runtime's dynamic ConvInteger is slower than float
 # convolution on CPUs). Static (QDQ): convolutions too, which become QLinearConv.
 OP_TYPES = {"dynamic": ["MatMul", "Gemm"], "static": ["MatMul", "Gemm", "Conv"]}
+# `search` tunes on training-split scenes from here (compare judges on HELDOUT_START+).
+TUNE_START = 5000
 
 
-def quantize_file(src: str, dst: str, mode: str, op_types, calib=None, external_data: bool = False) -> None:
+def quantize_file(src: str, dst: str, mode: str, op_types, calib=None, external_data: bool = False,
+                  per_channel: bool = False, exclude=()) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     if mode == "none":
         shutil.copyfile(src, dst)
         return
     if mode == "dynamic":
+        # The quantizer rewrites a Gemm as MatMul + Add named "<gemm>_MatMul" before it
+        # matches node names: keep a Gemm in float under both names.
+        exclude = [m for n in exclude for m in (n, n + "_MatMul")]
         quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=op_types,
+                         per_channel=per_channel, nodes_to_exclude=list(exclude),
                          use_external_data_format=external_data)
     elif mode == "static":
         quantize_static(src, dst, calib, quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
@@ -88,34 +95,68 @@ def cmd_make(a) -> None:
         if part == "decoder" and mode == "static":
             sys.exit("static quantization of the decoder is not offered: its inputs are prompts, and one "
                      "calibration set of prompts does not cover clicks, boxes and mask inputs alike")
+        if mode == "none" and getattr(a, "share", False):
+            used[part] = {"mode": "none"}
+            continue  # the manifest points at the source folder's file (below)
         calib = EncoderCalibration(a.src, a.calib_images) if mode == "static" else None
         ext = os.path.getsize(src) > 1_500_000_000
         print(f"{part}: {mode}", flush=True)
         ops = a.op_types.split(",") if a.op_types else OP_TYPES.get(mode, [])
+        exclude = read_exclude(a.exclude) if part == "decoder" else []
         used[part] = {"mode": mode, "op_types": ops} if mode != "none" else {"mode": "none"}
-        quantize_file(src, dst, mode, ops, calib, external_data=ext)
+        if mode == "dynamic" and a.per_channel:
+            used[part]["per_channel"] = True
+        if exclude and mode != "none":
+            used[part]["kept_fp32"] = exclude
+        quantize_file(src, dst, mode, ops, calib, external_data=ext, per_channel=a.per_channel, exclude=exclude)
     man = dict(src_man)
     man["name"] = a.name or os.path.basename(os.path.normpath(a.out))
     man["encoder"], man["decoder"] = "encoder.onnx", "decoder.onnx"
+    for part, mode in (("encoder", a.encoder), ("decoder", a.decoder)):
+        if mode == "none" and getattr(a, "share", False):
+            man[part] = os.path.relpath(os.path.join(a.src, src_man[part]), a.out)
     # "int8" when any part is: "quantization" says which.
     quantized = (a.encoder, a.decoder) != ("none", "none")
     man["precision"] = "int8" if quantized else src_man.get("precision", "fp32")
     man["quantization"] = {**used, "tool": "onnxruntime.quantization", "from": src_man["name"]}
-    parts = ", ".join(f"{p}: {u['mode']}" + (f" int8 {'/'.join(u['op_types'])}" if u["mode"] != "none" else "")
-                      for p, u in used.items())
+    def said(p, u):
+        if u["mode"] == "none":
+            return f"{p} fp32" + (" (the source folder's file)" if getattr(a, "share", False) else "")
+        kept = f", {len(u['kept_fp32'])} nodes kept fp32" if u.get("kept_fp32") else ""
+        return f"{p} {u['mode']} int8 {'/'.join(u['op_types'])}{kept}"
+
+    parts = ", ".join(said(p, u) for p, u in used.items())
     man["description"] = f"{src_man['name']} quantized ({parts}; ONNX Runtime). " + src_man.get("description", "")
     for k in ("checkpoint", "architecture", "text"):
         man.pop(k, None)
+    man["generated_by"] = "tools/quantize.py"
     if src_man.get("text"):
         # Keep the text prompts of the source folder: a path relative to the new folder.
         man["text"] = os.path.relpath(os.path.join(a.src, src_man["text"]), a.out)
     with open(os.path.join(a.out, "manifest.json"), "w") as f:
         json.dump(man, f, indent=2)
         f.write("\n")
-    for fn in ("encoder.onnx", "decoder.onnx"):
-        print(f"  {fn}: {os.path.getsize(os.path.join(a.src, src_man[fn.split('.')[0]]))} -> "
-              f"{os.path.getsize(os.path.join(a.out, fn))} bytes")
+    for part in ("encoder", "decoder"):
+        print(f"  {part}: {os.path.getsize(os.path.join(a.src, src_man[part]))} -> "
+              f"{os.path.getsize(os.path.join(a.out, man[part]))} bytes ({man[part]})")
     print(f"wrote {a.out} in {time.time() - t0:.0f} s")
+
+
+def scene_prompts(seed: int, long_side: int):
+    """A data_engine scene and its prompts: one centre click and one box per object of at
+    least 100 pixels, as [P, 2, 3] (x, y, label; a click is padded with label -1)."""
+    sc = make_scene(seed, long_side=long_side)
+    objs = [sc.mask(o.id) for o in sc.objects]
+    objs = [g for g in objs if g.sum() >= 100]
+    if not objs:
+        return sc, None
+    pts = []
+    for g in objs:
+        x, y = centre_point(g)
+        pts.append([[x + 0.5, y + 0.5, 1], [0, 0, -1]])
+        ys, xs = np.nonzero(g)
+        pts.append([[xs.min(), ys.min(), 2], [xs.max() + 1, ys.max() + 1, 3]])
+    return sc, np.array(pts, np.float32)
 
 
 def cmd_compare(a) -> dict:
@@ -133,18 +174,9 @@ def cmd_compare(a) -> dict:
     dec_t = {"a": [], "b": []}
     ious, dscore, prompts = [], [], 0
     for i in range(a.scenes):
-        sc = make_scene(HELDOUT_START + i, long_side=a.long_side)
-        objs = [sc.mask(o.id) for o in sc.objects]
-        objs = [g for g in objs if g.sum() >= 100]
-        if not objs:
+        sc, pts = scene_prompts(HELDOUT_START + i, a.long_side)
+        if pts is None:
             continue
-        pts = []
-        for g in objs:
-            x, y = centre_point(g)
-            pts.append([[x + 0.5, y + 0.5, 1], [0, 0, -1]])
-            ys, xs = np.nonzero(g)
-            pts.append([[xs.min(), ys.min(), 2], [xs.max() + 1, ys.max() + 1, 3]])
-        pts = np.array(pts, np.float32)
         out = {}
         order = (("a", A), ("b", B)) if i % 2 == 0 else (("b", B), ("a", A))
         for key, m in order:
@@ -196,6 +228,117 @@ def cmd_compare(a) -> dict:
     return r
 
 
+def read_exclude(spec):
+    if not spec:
+        return []
+    if spec.startswith("@"):
+        return [ln.strip() for ln in open(spec[1:]) if ln.strip() and not ln.startswith("#")]
+    return [n for n in spec.split(",") if n]
+
+
+class DecoderBench:
+    """Fixed embeddings and prompts of training-split scenes with the fp32 decoder's masks,
+    so that a candidate decoder is scored on the decoder alone (the encoder is untouched)."""
+
+    def __init__(self, src: str, scenes: int, long_side: int):
+        self.sam = OnnxSam(src, 0)
+        self.items = []
+        for i in range(scenes):
+            sc, pts = scene_prompts(TUNE_START + i, long_side)
+            if pts is None:
+                continue
+            self.sam.set_image(sc.image)
+            ref = self.sam.decode(pts)[0] > 0
+            self.items.append((self.sam.emb, (self.sam.h, self.sam.w), (self.sam.sx, self.sam.sy), pts, ref))
+        self.masks = sum(it[4].shape[0] * it[4].shape[1] for it in self.items)
+
+    def score(self, decoder_path: str) -> float:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        self.sam.dec = ort.InferenceSession(decoder_path, so, providers=["CPUExecutionProvider"])
+        ious = []
+        for emb, (h, w), (sx, sy), pts, ref in self.items:
+            self.sam.emb, self.sam.h, self.sam.w, self.sam.sx, self.sam.sy = emb, h, w, sx, sy
+            got = self.sam.decode(pts)[0] > 0
+            ious += [iou(got[p, t], ref[p, t]) for p in range(ref.shape[0]) for t in range(ref.shape[1])]
+        return float(np.mean(ious))
+
+
+def quantizable_nodes(path: str, op_types) -> list[str]:
+    """Nodes of these types whose second input is a weight (an initializer): the ones
+    dynamic quantization turns into integer kernels."""
+    import onnx
+
+    m = onnx.load(path, load_external_data=False)
+    inits = {t.name for t in m.graph.initializer}
+    out = []
+    for n in m.graph.node:
+        if n.op_type in op_types and len(n.input) > 1 and n.input[1] in inits:
+            if not n.name:
+                sys.exit(f"{path}: a {n.op_type} node has no name; nodes_to_exclude needs names")
+            out.append(n.name)
+    return out
+
+
+def cmd_search(a) -> None:
+    """Mixed precision for the decoder: the agreement lost by quantizing each weighted node
+    on its own, then the most sensitive nodes kept in float, one more at a time, until the
+    rest quantized together reaches --target + --margin on tuning scenes. The result is a
+    folder like `make` writes (its kept nodes listed in the manifest and in kept_fp32.txt);
+    judge it with `compare` on the held-out scenes."""
+    import tempfile
+
+    man = json.load(open(os.path.join(a.src, "manifest.json")))
+    dec = os.path.join(a.src, man["decoder"])
+    ops = a.op_types.split(",")
+    nodes = quantizable_nodes(dec, ops)
+    t0 = time.time()
+    bench = DecoderBench(a.src, a.scenes, a.long_side)
+    print(f"{len(nodes)} weighted {'/'.join(ops)} nodes; {bench.masks} masks on {len(bench.items)} tuning scenes "
+          f"(seeds {TUNE_START}+)", flush=True)
+    tmp = tempfile.mkdtemp(prefix="quant-search-")
+    cand = os.path.join(tmp, "decoder.onnx")
+
+    def score_excluding(exclude) -> float:
+        quantize_file(dec, cand, "dynamic", ops, per_channel=a.per_channel, exclude=exclude)
+        return bench.score(cand)
+
+    report = {"nodes": nodes, "alone": {}, "path": []}
+    full = score_excluding([])
+    print(f"  all {len(nodes)} quantized: mean IoU {full:.4f}", flush=True)
+    for n in nodes:
+        report["alone"][n] = score_excluding([m for m in nodes if m != n])
+        print(f"  only {n}: {report['alone'][n]:.4f}", flush=True)
+    order = sorted(nodes, key=lambda n: report["alone"][n])
+    goal = a.target + a.margin
+    kept, score = [], full
+    report["path"].append({"kept": 0, "mean_iou": full})
+    while score < goal and len(kept) < len(nodes):
+        kept.append(order[len(kept)])
+        score = score_excluding(kept)
+        report["path"].append({"kept": len(kept), "node": kept[-1], "mean_iou": score})
+        print(f"  keep {len(kept)} in float (+{kept[-1]}): {score:.4f}", flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    report.update({"kept_fp32": kept, "tuning_mean_iou": score, "seconds": time.time() - t0})
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(report, f, indent=1)
+    if len(kept) == len(nodes):
+        sys.exit(f"no subset of the {len(nodes)} nodes reaches {goal:.3f}: nothing written")
+    os.makedirs(a.out, exist_ok=True)
+    listing = os.path.join(a.out, "kept_fp32.txt")
+    with open(listing, "w") as f:
+        f.write(f"# decoder nodes kept in float by quantize.py search (tuning mean IoU {score:.4f})\n")
+        f.writelines(n + "\n" for n in kept)
+    cmd_make(argparse.Namespace(src=a.src, out=a.out, name=a.name, encoder="none", decoder="dynamic",
+                                op_types=a.op_types, calib_images=0, per_channel=a.per_channel,
+                                exclude="@" + listing, share=a.share))
+    print(f"{len(nodes) - len(kept)} of {len(nodes)} nodes int8, {len(kept)} kept in float; tuning mean IoU "
+          f"{score:.4f} ({time.time() - t0:.0f} s). Judge it: quantize.py compare --a {a.src} --b {a.out}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -207,6 +350,25 @@ def main(argv=None):
     mk.add_argument("--decoder", choices=("none", "dynamic"), default="none")
     mk.add_argument("--op-types", help="comma-separated node types to quantize (default: per mode, see OP_TYPES)")
     mk.add_argument("--calib-images", type=int, default=16, help="static: training-split calibration scenes")
+    mk.add_argument("--per-channel", action="store_true", help="dynamic: one weight scale per output channel")
+    mk.add_argument("--share", action="store_true",
+                    help="a part left at `none` is not copied: the manifest names the source folder's file by a "
+                         "relative path (keep the two folders side by side)")
+    mk.add_argument("--exclude", help="decoder nodes kept in float: comma-separated names, or @FILE (one per "
+                    "line, as `search` writes)")
+    se = sub.add_parser("search", help="which decoder nodes to keep in float for an agreement target")
+    se.add_argument("--src", required=True)
+    se.add_argument("--out", required=True, help="folder for the mixed-precision variant that meets the target")
+    se.add_argument("--target", type=float, default=0.97, help="mean mask IoU to reach on the tuning scenes")
+    se.add_argument("--margin", type=float, default=0.005,
+                    help="aim this much above --target on the tuning scenes (they are not the held-out ones)")
+    se.add_argument("--scenes", type=int, default=6, help="training-split tuning scenes")
+    se.add_argument("--long-side", type=int, default=512)
+    se.add_argument("--per-channel", action="store_true")
+    se.add_argument("--op-types", default="MatMul,Gemm")
+    se.add_argument("--json", help="per-node sensitivities and the greedy path")
+    se.add_argument("--share", action="store_true", help="as in `make`: point at the source folder's encoder")
+    se.add_argument("--name", help="manifest name (default: the --out folder's name)")
     cp = sub.add_parser("compare", help="agreement and speed of two model folders")
     cp.add_argument("--a", required=True, help="reference folder (fp32)")
     cp.add_argument("--b", required=True, help="compared folder (int8)")
@@ -218,7 +380,7 @@ def main(argv=None):
     cp.add_argument("--md", help="append the result line here")
     cp.add_argument("--json")
     a = ap.parse_args(argv)
-    {"make": cmd_make, "compare": cmd_compare}[a.cmd](a)
+    {"make": cmd_make, "compare": cmd_compare, "search": cmd_search}[a.cmd](a)
 
 
 if __name__ == "__main__":

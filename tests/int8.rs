@@ -1,0 +1,149 @@
+//! The shipped int8 variant of the default model (models/sam-tiny-int8: decoder MatMuls
+//! int8 except the two positional-encoding ones, encoder shared with models/sam-tiny),
+//! served from its folder, against the reference pipeline's fp32 goldens
+//! (tests/fixtures/parity/cases.json, written by tools/parity.py with segment-anything's
+//! transforms on the fp32 model). int8 moves masks a little, so this asks for agreement, not
+//! parity: the mean IoU over every golden mask, each case's mask count, and the scores.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::TestServer;
+use samserve::core::masks::rle::{self, CocoRle};
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Deserialize)]
+struct Fixture {
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    name: String,
+    image: String,
+    prompt: CasePrompt,
+    refine_from: Option<RefineFrom>,
+    expected: Vec<Expected>,
+}
+
+#[derive(Deserialize)]
+struct CasePrompt {
+    #[serde(default)]
+    points: Vec<[f64; 3]>,
+    #[serde(default)]
+    r#box: Option<[f64; 4]>,
+    #[serde(default)]
+    multimask_output: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct RefineFrom {
+    case: String,
+    mask_index: usize,
+}
+
+#[derive(Deserialize)]
+struct Expected {
+    score: f64,
+    rle: CocoRle,
+}
+
+#[tokio::test]
+async fn shipped_int8_variant_agrees_with_the_fp32_reference() {
+    let repo = common::repo();
+    let mut c = common::config();
+    c.models = vec![repo.join("models/sam-tiny-int8")];
+    let s = TestServer::start(c).await;
+
+    let models = s.get_json("/v1/models").await;
+    let listed = models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "sam-tiny-int8")
+        .unwrap_or_else(|| panic!("sam-tiny-int8 not listed: {models}"))
+        .clone();
+    assert_eq!(listed["precision"], "int8", "{listed}");
+
+    let dir = repo.join("tests/fixtures/parity");
+    let fixture: Fixture =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let mut handles: HashMap<String, Vec<String>> = HashMap::new();
+    let (mut ious, mut score_deltas) = (Vec::new(), Vec::new());
+    let mut uploaded: HashMap<String, String> = HashMap::new();
+    for case in &fixture.cases {
+        let id = match uploaded.get(&case.image) {
+            Some(id) => id.clone(),
+            None => {
+                let up = s
+                    .upload(&std::fs::read(dir.join(&case.image)).unwrap())
+                    .await;
+                let id = up["image_id"].as_str().unwrap().to_string();
+                uploaded.insert(case.image.clone(), id.clone());
+                id
+            }
+        };
+        let mut prompt = json!({
+            "points": case.prompt.points.iter()
+                .map(|p| json!({"x": p[0], "y": p[1], "label": p[2] as i64}))
+                .collect::<Vec<_>>(),
+        });
+        if let Some(b) = case.prompt.r#box {
+            prompt["box"] = json!(b);
+        }
+        if let Some(m) = case.prompt.multimask_output {
+            prompt["multimask_output"] = json!(m);
+        }
+        if let Some(r) = &case.refine_from {
+            // The int8 server's own logits of the earlier case (the golden used fp32 ones).
+            prompt["mask_input"] = json!(handles[&r.case][r.mask_index]);
+        }
+        let (st, body) = s
+            .segment(&id, &json!({"prompts": [prompt], "return_logits": true}))
+            .await;
+        assert_eq!(st, 200, "{}: {body}", case.name);
+        let masks = body["results"][0]["masks"].as_array().unwrap();
+        assert_eq!(
+            masks.len(),
+            case.expected.len(),
+            "{}: mask count",
+            case.name
+        );
+        handles.insert(
+            case.name.clone(),
+            masks
+                .iter()
+                .map(|m| m["logits_handle"].as_str().unwrap().to_string())
+                .collect(),
+        );
+        // Masks come sorted by score; int8 may swap two masks whose scores are close, so
+        // each golden mask is compared with the answer's mask that overlaps it most.
+        let got: Vec<_> = masks.iter().map(common::rle_mask).collect();
+        for want in &case.expected {
+            let want_mask = rle::decode(&want.rle).unwrap();
+            let (best, at) = got
+                .iter()
+                .enumerate()
+                .map(|(i, g)| (g.iou(&want_mask), i))
+                .fold((-1.0, 0), |a, b| if b.0 > a.0 { b } else { a });
+            ious.push(best);
+            score_deltas.push((masks[at]["score"].as_f64().unwrap() - want.score).abs());
+        }
+    }
+    let n = ious.len() as f64;
+    let mean = ious.iter().sum::<f64>() / n;
+    let min = ious.iter().cloned().fold(1.0, f64::min);
+    let mean_dscore = score_deltas.iter().sum::<f64>() / n;
+    eprintln!(
+        "int8 vs fp32 reference: {} masks, mean IoU {mean:.4}, min {min:.3}, mean |score delta| {mean_dscore:.4}",
+        ious.len()
+    );
+    assert!(ious.len() >= 40, "only {} golden masks", ious.len());
+    // Measured here: 0.9835 for the shipped variant; 0.9649 with every MatMul int8 (the
+    // positional-encoding ones too), which this bound refuses. (tools/quantize.py compare,
+    // 10 held-out scenes: 0.977 vs 0.954.)
+    assert!(mean >= 0.975, "mean IoU {mean:.4} against the fp32 goldens");
+    assert!(mean_dscore <= 0.02, "mean score delta {mean_dscore:.4}");
+}
