@@ -170,6 +170,12 @@ def cmd_compare(a) -> dict:
             m.dec = ort.InferenceSession(os.path.join(d, m.man["decoder"]), so, providers=["CPUExecutionProvider"])
     if A.L != B.L:
         sys.exit("the two folders have different input sizes")
+    # One untimed encode and decode each first: a session's first run allocates its arena and
+    # (int8) pre-packs weights, which would otherwise land in the first scene's times.
+    warm = make_scene(HELDOUT_START, long_side=a.long_side).image
+    for m in (A, B):
+        m.set_image(warm)
+        m.decode(np.array([[[8.0, 8.0, 1], [0, 0, -1]]], np.float32))
     enc_t = {"a": [], "b": []}
     dec_t = {"a": [], "b": []}
     ious, dscore, prompts = [], [], 0
@@ -228,6 +234,37 @@ def cmd_compare(a) -> dict:
     return r
 
 
+def cmd_throughput(a) -> None:
+    """Decoder prompts/s of two folders through the server's own decoder path
+    (`samserve-loadtest baseline`: in-process, one single-threaded session, as a decoder
+    worker runs), rounds alternating between the folders; medians per batch size."""
+    import subprocess
+    import tempfile
+
+    runs = {"a": [], "b": []}
+    for r in range(a.rounds):
+        for key in (("a", "b") if r % 2 == 0 else ("b", "a")):
+            with tempfile.NamedTemporaryFile(suffix=".json") as f:
+                subprocess.run([a.loadtest, "baseline", "--model", getattr(a, key), "--batch-sizes", a.batch_sizes,
+                                "--duration", str(a.duration), "--json", f.name], check=True,
+                               stdout=subprocess.DEVNULL)
+                runs[key].append({x["batch"]: x["prompts_per_s"] for x in json.load(open(f.name))["results"]})
+        print(f"  round {r + 1}/{a.rounds}: " + "; ".join(
+            f"{k} " + " ".join(f"B={b}:{v:.0f}" for b, v in runs[k][-1].items()) for k in ("a", "b")), flush=True)
+    title = a.title or f"{os.path.basename(os.path.normpath(a.a))} vs {os.path.basename(os.path.normpath(a.b))}"
+    parts = []
+    for b in runs["a"][0]:
+        ma = float(np.median([x[b] for x in runs["a"]]))
+        mb = float(np.median([x[b] for x in runs["b"]]))
+        parts.append(f"B={b} {ma:.0f} vs {mb:.0f} prompts/s ({mb / ma:.2f}x)")
+    line = (f"{title}, decoder throughput (samserve-loadtest baseline, 1 session x 1 thread, median of "
+            f"{a.rounds} alternating rounds, load average {os.getloadavg()[0]:.1f}): " + "; ".join(parts))
+    print(line)
+    if a.md:
+        with open(a.md, "a") as f:
+            f.write(line + "\n")
+
+
 def read_exclude(spec):
     if not spec:
         return []
@@ -280,6 +317,18 @@ def quantizable_nodes(path: str, op_types) -> list[str]:
                 sys.exit(f"{path}: a {n.op_type} node has no name; nodes_to_exclude needs names")
             out.append(n.name)
     return out
+
+
+def positional_encoding_nodes(path: str) -> list[str]:
+    """The MatMuls by SAM's random-Fourier positional-encoding matrix (prompt points and image
+    grid). `search` found them the decoder's most int8-sensitive nodes by far (each alone
+    costs ~0.03 mean IoU on the default model; no other node more than 0.013), and they are
+    2 x C/2 matrices, so keeping them in float costs no time."""
+    import onnx
+
+    m = onnx.load(path, load_external_data=False)
+    return [n.name for n in m.graph.node
+            if n.op_type == "MatMul" and any(i.endswith("positional_encoding_gaussian_matrix") for i in n.input)]
 
 
 def cmd_search(a) -> None:
@@ -356,6 +405,15 @@ def main(argv=None):
                          "relative path (keep the two folders side by side)")
     mk.add_argument("--exclude", help="decoder nodes kept in float: comma-separated names, or @FILE (one per "
                     "line, as `search` writes)")
+    tp = sub.add_parser("throughput", help="decoder prompts/s of two folders (samserve-loadtest baseline)")
+    tp.add_argument("--a", required=True)
+    tp.add_argument("--b", required=True)
+    tp.add_argument("--loadtest", default="target/release/samserve-loadtest")
+    tp.add_argument("--batch-sizes", default="1,8,32")
+    tp.add_argument("--duration", type=float, default=3)
+    tp.add_argument("--rounds", type=int, default=3)
+    tp.add_argument("--title")
+    tp.add_argument("--md", help="append the result line here")
     se = sub.add_parser("search", help="which decoder nodes to keep in float for an agreement target")
     se.add_argument("--src", required=True)
     se.add_argument("--out", required=True, help="folder for the mixed-precision variant that meets the target")
@@ -380,7 +438,7 @@ def main(argv=None):
     cp.add_argument("--md", help="append the result line here")
     cp.add_argument("--json")
     a = ap.parse_args(argv)
-    {"make": cmd_make, "compare": cmd_compare, "search": cmd_search}[a.cmd](a)
+    {"make": cmd_make, "compare": cmd_compare, "search": cmd_search, "throughput": cmd_throughput}[a.cmd](a)
 
 
 if __name__ == "__main__":
