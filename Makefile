@@ -100,9 +100,12 @@ $(K8S_VENV)/.installed:
 # Browser tests (tests/browser.rs): Debian's Chromium and playwright-core from npm (no
 # browser download). Installs only what is missing; apt-get needs root (CI runs as root).
 BROWSER_DIR := tests/browser
+# Each package only when its command is missing: a machine with NodeSource's nodejs (npm
+# bundled) refuses Debian's npm package beside it.
 browser-deps: $(BROWSER_DIR)/node_modules/.package-lock.json
-	@command -v chromium >/dev/null 2>&1 && command -v node >/dev/null 2>&1 || { \
-		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium nodejs npm; }
+	@pkgs=""; command -v chromium >/dev/null 2>&1 || pkgs="chromium"; \
+	command -v node >/dev/null 2>&1 || pkgs="$$pkgs nodejs npm"; \
+	if [ -n "$$pkgs" ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$pkgs; fi
 
 $(BROWSER_DIR)/node_modules/.package-lock.json: $(BROWSER_DIR)/package.json $(BROWSER_DIR)/package-lock.json
 	@command -v npm >/dev/null 2>&1 || { \
