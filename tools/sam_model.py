@@ -7,6 +7,8 @@
   sam_model.py --model vit_h --checkpoint ~/Downloads/sam_vit_h_4b8939.pth --out models/sam-vit-h
   # any URL urllib opens, e.g. a mirror or file:// (then pass its checksum)
   sam_model.py --model vit_b --url file:///tmp/ckpt.pth --sha256 <hex> --out target/x
+  # only the int8 variant of a folder exported earlier
+  sam_model.py --int8-from models/sam-vit-l
 
 Beside the fp32 folder it writes <out>-int8 (encoder and decoder int8, the decoder's
 positional-encoding MatMuls fp32; --int8 none skips it) and records that variant's
@@ -84,7 +86,7 @@ def fetch(url: str, dest: str) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, choices=sorted(CHECKPOINTS))
+    ap.add_argument("--model", choices=sorted(CHECKPOINTS), help="required unless --int8-from")
     ap.add_argument("--out", help="model folder (default: models/sam-vit-b etc.)")
     ap.add_argument("--checkpoint", help="a checkpoint file already on disk (no download)")
     ap.add_argument("--url", help=f"download from here instead of {BASE_URL}/<file>")
@@ -101,10 +103,17 @@ def main(argv=None):
                          "decoder dynamically quantized, the decoder's positional encodings kept fp32 (default: "
                          "both)")
     ap.add_argument("--int8-out", help="folder of the int8 variant (default: <out>-int8)")
+    ap.add_argument("--int8-from", metavar="DIR",
+                    help="no download or export: write only the int8 variant of a folder exported before")
     ap.add_argument("--int8-check-scenes", type=int, default=2,
                     help="held-out synthetic scenes on which the int8 variant is compared with fp32 (mask IoU, "
                          "predicted-IoU deltas, encoder time); written into its manifest; 0 skips")
     a = ap.parse_args(argv)
+    if a.int8_from:
+        write_int8(a.int8_from, a.int8_out or a.int8_from.rstrip("/") + "-int8", a.int8_check_scenes)
+        return
+    if not a.model:
+        ap.error("--model is required (or --int8-from DIR)")
 
     fname, size, sha = CHECKPOINTS[a.model]
     size = None if a.size == 0 else (a.size or size)
