@@ -147,3 +147,62 @@ async fn shipped_int8_variant_agrees_with_the_fp32_reference() {
     assert!(mean >= 0.975, "mean IoU {mean:.4} against the fp32 goldens");
     assert!(mean_dscore <= 0.02, "mean score delta {mean_dscore:.4}");
 }
+
+/// Dynamic int8 scales activations by the whole batch, so the server runs such a decoder one
+/// prompt per call: a prompt's masks must not depend on the prompts that came with it.
+#[tokio::test]
+async fn int8_answers_do_not_depend_on_the_batch() {
+    let repo = common::repo();
+    let mut c = common::config();
+    c.models = vec![repo.join("models/sam-tiny-int8")];
+    let s = TestServer::start(c).await;
+    let dir = repo.join("tests/fixtures/heldout");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("objects.json")).unwrap()).unwrap();
+    let scene = &index["scenes"][0];
+    let png = std::fs::read(dir.join(scene["image"].as_str().unwrap())).unwrap();
+    let id = s.upload(&png).await["image_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let prompts: Vec<serde_json::Value> = scene["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(12)
+        .map(|o| {
+            let c = &o["centre"];
+            json!({"points": [{"x": c[0].as_f64().unwrap() + 0.5, "y": c[1].as_f64().unwrap() + 0.5}]})
+        })
+        .collect();
+    assert!(prompts.len() >= 8, "scene has {} objects", prompts.len());
+    let (st, together) = s
+        .segment(&id, &json!({"prompts": prompts, "output": "rle"}))
+        .await;
+    assert_eq!(st, 200, "{together}");
+    let mut differing = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let (st, alone) = s
+            .segment(&id, &json!({"prompts": [p], "output": "rle"}))
+            .await;
+        assert_eq!(st, 200, "{alone}");
+        let (a, b) = (
+            &alone["results"][0]["masks"],
+            &together["results"][i]["masks"],
+        );
+        let same = a.as_array().unwrap().len() == b.as_array().unwrap().len()
+            && a.as_array()
+                .unwrap()
+                .iter()
+                .zip(b.as_array().unwrap())
+                .all(|(x, y)| x["rle"] == y["rle"] && x["score"] == y["score"]);
+        if !same {
+            differing.push(i);
+        }
+    }
+    assert!(
+        differing.is_empty(),
+        "prompts {differing:?} of {} answered differently alone and in one request",
+        prompts.len()
+    );
+}

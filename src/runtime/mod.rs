@@ -6,6 +6,7 @@ pub mod image_limits;
 pub mod manifest;
 pub mod model;
 pub mod onnx_external;
+pub mod onnx_ops;
 pub mod onnx_prune;
 pub mod ort_env;
 pub mod preprocess;
