@@ -159,6 +159,39 @@ def scene_prompts(seed: int, long_side: int):
     return sc, np.array(pts, np.float32)
 
 
+def agreement_sequential(a_dir: str, b_dir: str, scenes: int, long_side: int) -> dict:
+    """`compare`'s agreement numbers without its timings, holding one model at a time: two
+    ViT-L/H sessions with their working memory do not fit beside each other on a 24 GB
+    machine (ViT-L fp32 + int8 together peaked at 22.3 GB)."""
+    import gc
+
+    outs = {}
+    for key, d in (("a", a_dir), ("b", b_dir)):
+        m = OnnxSam(d, 0)
+        outs[key] = []
+        for i in range(scenes):
+            sc, pts = scene_prompts(HELDOUT_START + i, long_side)
+            if pts is None:
+                continue
+            m.set_image(sc.image)
+            res = [m.decode(p[None]) for p in pts]
+            masks = np.concatenate([r[0] for r in res]) > 0
+            outs[key].append((masks.shape, np.packbits(masks), np.concatenate([r[1] for r in res])))
+        del m
+        gc.collect()
+    ious, dscore = [], []
+    for (shape, pa, sa), (_, pb, sb) in zip(outs["a"], outs["b"]):
+        n = int(np.prod(shape))
+        ma = np.unpackbits(pa, count=n).reshape(shape).astype(bool)
+        mb = np.unpackbits(pb, count=n).reshape(shape).astype(bool)
+        ious += [iou(ma[p, t], mb[p, t]) for p in range(shape[0]) for t in range(shape[1])]
+        dscore.append(np.abs(sa - sb).ravel())
+    d = np.concatenate(dscore)
+    return {"scenes": scenes, "prompts": sum(o[0][0] for o in outs["a"]), "masks_compared": len(ious),
+            "mean_mask_iou": float(np.mean(ious)), "min_mask_iou": float(np.min(ious)),
+            "pred_iou_abs_delta_mean": float(d.mean()), "pred_iou_abs_delta_max": float(d.max())}
+
+
 def cmd_compare(a) -> dict:
     A, B = OnnxSam(a.a, a.encoder_threads), OnnxSam(a.b, a.encoder_threads)
     if a.decoder_threads:

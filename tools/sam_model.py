@@ -180,23 +180,24 @@ def write_int8(src: str, dst: str, check_scenes: int) -> None:
     if check_scenes <= 0:
         return
     # Synthetic held-out scenes: they say how far int8 moves the masks of these weights, not
-    # how well either segments photos.
-    r = quantize.cmd_compare(_argparse.Namespace(
-        a=src, b=dst, scenes=check_scenes, long_side=1024, encoder_threads=0, decoder_threads=1,
-        title=f"{os.path.basename(os.path.normpath(src))} fp32 vs int8", md=None, json=None))
+    # how well either segments photos. One model in memory at a time (ViT-H).
+    r = quantize.agreement_sequential(src, dst, check_scenes, 1024)
     man_path = os.path.join(dst, "manifest.json")
     man = json.load(open(man_path))
     man["quantization"]["agreement"] = {
         k: r[k] for k in ("scenes", "masks_compared", "mean_mask_iou", "min_mask_iou",
                           "pred_iou_abs_delta_mean", "pred_iou_abs_delta_max")}
     man["quantization"]["agreement"]["measured_by"] = (
-        f"tools/quantize.py compare, {check_scenes} held-out data-engine scenes at 1024 px")
+        f"tools/quantize.py agreement_sequential (compare's prompts), {check_scenes} held-out data-engine "
+        "scenes at 1024 px")
     with open(man_path, "w") as f:
         json.dump(man, f, indent=2)
         f.write("\n")
     # No speed here: two scenes are too few samples to time. tools/upload_bench.py
     # measures uploads through the server (README "Threads and devices").
-    print(f"done: the int8 variant (mean mask IoU {r['mean_mask_iou']:.4f} vs fp32):  samserve --model {dst}")
+    print(f"int8 vs fp32: mean mask IoU {r['mean_mask_iou']:.4f} (min {r['min_mask_iou']:.3f}, "
+          f"{r['masks_compared']} masks), predicted-IoU |delta| max {r['pred_iou_abs_delta_max']:.4f}")
+    print(f"done: the int8 variant:  samserve --model {dst}")
 
 
 if __name__ == "__main__":
