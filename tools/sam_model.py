@@ -165,7 +165,8 @@ def write_int8(src: str, dst: str, check_scenes: int) -> None:
     """The int8 variant `make model` ships beside the fp32 folder: the encoder's MatMul
     weights int8 (where an upload's seconds go: a random-init ViT-B uploads in 2.7 s instead
     of 5.2 s on 2 cores), and the decoder's too except the positional-encoding MatMuls, which
-    int8 hurts most (README "int8 variants"; 1.1-1.5x decoder prompts/s)."""
+    int8 hurts most (README "int8 variants"; random-init ViT-B: 1.5x decoder prompts/s at one
+    prompt per call, which is how the server runs dynamic int8 decoders)."""
     import argparse as _argparse
     import json
 
