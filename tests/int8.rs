@@ -9,53 +9,21 @@ mod common;
 
 use std::collections::HashMap;
 
+use common::parity_cases;
 use common::TestServer;
-use samserve::core::masks::rle::{self, CocoRle};
-use serde::Deserialize;
+use samserve::core::masks::rle;
 use serde_json::json;
 
-#[derive(Deserialize)]
-struct Fixture {
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    name: String,
-    image: String,
-    prompt: CasePrompt,
-    refine_from: Option<RefineFrom>,
-    expected: Vec<Expected>,
-}
-
-#[derive(Deserialize)]
-struct CasePrompt {
-    #[serde(default)]
-    points: Vec<[f64; 3]>,
-    #[serde(default)]
-    r#box: Option<[f64; 4]>,
-    #[serde(default)]
-    multimask_output: Option<bool>,
-}
-
-#[derive(Deserialize)]
-struct RefineFrom {
-    case: String,
-    mask_index: usize,
-}
-
-#[derive(Deserialize)]
-struct Expected {
-    score: f64,
-    rle: CocoRle,
+/// A server on models/sam-tiny-int8 only.
+async fn int8_server() -> TestServer {
+    let mut c = common::config();
+    c.models = vec![common::repo().join("models/sam-tiny-int8")];
+    TestServer::start(c).await
 }
 
 #[tokio::test]
 async fn shipped_int8_variant_agrees_with_the_fp32_reference() {
-    let repo = common::repo();
-    let mut c = common::config();
-    c.models = vec![repo.join("models/sam-tiny-int8")];
-    let s = TestServer::start(c).await;
+    let s = int8_server().await;
 
     let models = s.get_json("/v1/models").await;
     let listed = models["models"]
@@ -67,9 +35,7 @@ async fn shipped_int8_variant_agrees_with_the_fp32_reference() {
         .clone();
     assert_eq!(listed["precision"], "int8", "{listed}");
 
-    let dir = repo.join("tests/fixtures/parity");
-    let fixture: Fixture =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let (dir, fixture) = parity_cases::load();
     let mut handles: HashMap<String, Vec<String>> = HashMap::new();
     let (mut ious, mut score_deltas) = (Vec::new(), Vec::new());
     let mut uploaded: HashMap<String, String> = HashMap::new();
@@ -85,39 +51,9 @@ async fn shipped_int8_variant_agrees_with_the_fp32_reference() {
                 id
             }
         };
-        let mut prompt = json!({
-            "points": case.prompt.points.iter()
-                .map(|p| json!({"x": p[0], "y": p[1], "label": p[2] as i64}))
-                .collect::<Vec<_>>(),
-        });
-        if let Some(b) = case.prompt.r#box {
-            prompt["box"] = json!(b);
-        }
-        if let Some(m) = case.prompt.multimask_output {
-            prompt["multimask_output"] = json!(m);
-        }
-        if let Some(r) = &case.refine_from {
-            // The int8 server's own logits of the earlier case (the golden used fp32 ones).
-            prompt["mask_input"] = json!(handles[&r.case][r.mask_index]);
-        }
-        let (st, body) = s
-            .segment(&id, &json!({"prompts": [prompt], "return_logits": true}))
-            .await;
-        assert_eq!(st, 200, "{}: {body}", case.name);
-        let masks = body["results"][0]["masks"].as_array().unwrap();
-        assert_eq!(
-            masks.len(),
-            case.expected.len(),
-            "{}: mask count",
-            case.name
-        );
-        handles.insert(
-            case.name.clone(),
-            masks
-                .iter()
-                .map(|m| m["logits_handle"].as_str().unwrap().to_string())
-                .collect(),
-        );
+        // A refinement feeds the int8 server's own logits of the earlier case (the golden
+        // used fp32 ones).
+        let masks = parity_cases::ask(&s, &id, case, &mut handles).await;
         // Masks come sorted by score; int8 may swap two masks whose scores are close, so
         // each golden mask is compared with the answer's mask that overlaps it most.
         let got: Vec<_> = masks.iter().map(common::rle_mask).collect();
@@ -152,11 +88,8 @@ async fn shipped_int8_variant_agrees_with_the_fp32_reference() {
 /// prompt per call: a prompt's masks must not depend on the prompts that came with it.
 #[tokio::test]
 async fn int8_answers_do_not_depend_on_the_batch() {
-    let repo = common::repo();
-    let mut c = common::config();
-    c.models = vec![repo.join("models/sam-tiny-int8")];
-    let s = TestServer::start(c).await;
-    let dir = repo.join("tests/fixtures/heldout");
+    let s = int8_server().await;
+    let dir = common::repo().join("tests/fixtures/heldout");
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("objects.json")).unwrap()).unwrap();
     let scene = &index["scenes"][0];

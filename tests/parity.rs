@@ -9,55 +9,13 @@ mod common;
 
 use std::collections::HashMap;
 
+use common::parity_cases;
 use common::TestServer;
-use samserve::core::masks::rle::{self, CocoRle};
-use serde::Deserialize;
-use serde_json::json;
-
-#[derive(Deserialize)]
-struct Fixture {
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    name: String,
-    image: String,
-    width: u32,
-    height: u32,
-    prompt: CasePrompt,
-    refine_from: Option<RefineFrom>,
-    expected: Vec<Expected>,
-}
-
-#[derive(Deserialize)]
-struct CasePrompt {
-    #[serde(default)]
-    points: Vec<[f64; 3]>,
-    #[serde(default)]
-    r#box: Option<[f64; 4]>,
-    #[serde(default)]
-    multimask_output: Option<bool>,
-}
-
-#[derive(Deserialize)]
-struct RefineFrom {
-    case: String,
-    mask_index: usize,
-}
-
-#[derive(Deserialize)]
-struct Expected {
-    score: f64,
-    area: u64,
-    rle: CocoRle,
-}
+use samserve::core::masks::rle;
 
 #[tokio::test]
 async fn server_matches_reference_pipeline() {
-    let dir = common::repo().join("tests/fixtures/parity");
-    let fixture: Fixture =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let (dir, fixture) = parity_cases::load();
     assert!(fixture.cases.len() >= 20, "need at least 20 parity cases");
     let non_empty = fixture
         .cases
@@ -87,42 +45,8 @@ async fn server_matches_reference_pipeline() {
             "{}: upright size",
             case.name
         );
-        let mut prompt = json!({
-            "points": case.prompt.points.iter()
-                .map(|p| json!({"x": p[0], "y": p[1], "label": p[2] as i64}))
-                .collect::<Vec<_>>(),
-        });
-        if let Some(b) = case.prompt.r#box {
-            prompt["box"] = json!(b);
-        }
-        if let Some(m) = case.prompt.multimask_output {
-            prompt["multimask_output"] = json!(m);
-        }
-        if let Some(r) = &case.refine_from {
-            let h = &handles[&r.case][r.mask_index];
-            prompt["mask_input"] = json!(h);
-        }
-        let (st, body) = s
-            .segment(
-                up["image_id"].as_str().unwrap(),
-                &json!({"prompts": [prompt], "return_logits": true}),
-            )
-            .await;
-        assert_eq!(st, 200, "{}: {body}", case.name);
-        let masks = body["results"][0]["masks"].as_array().unwrap();
-        assert_eq!(
-            masks.len(),
-            case.expected.len(),
-            "{}: mask count",
-            case.name
-        );
-        handles.insert(
-            case.name.clone(),
-            masks
-                .iter()
-                .map(|m| m["logits_handle"].as_str().unwrap().to_string())
-                .collect(),
-        );
+        let masks =
+            parity_cases::ask(&s, up["image_id"].as_str().unwrap(), case, &mut handles).await;
         for (i, (got, want)) in masks.iter().zip(&case.expected).enumerate() {
             let got_mask = common::rle_mask(got);
             let want_mask = rle::decode(&want.rle).unwrap();

@@ -5,10 +5,9 @@
 
 use std::collections::BTreeSet;
 
-use super::onnx_prune::{fields, strings, WIRE_LEN};
+use super::onnx_prune::{fields, graph_entries, strings, WIRE_LEN};
 
 // Field numbers from onnx.proto3.
-const MODEL_GRAPH: u32 = 7;
 const GRAPH_INITIALIZER: u32 = 5;
 const TENSOR_EXTERNAL_DATA: u32 = 13;
 const ENTRY_KEY: u32 = 1;
@@ -18,24 +17,16 @@ const ENTRY_VALUE: u32 = 2;
 /// inside the `.onnx`), in sorted order.
 pub fn external_data_files(model: &[u8]) -> anyhow::Result<Vec<String>> {
     let mut out = BTreeSet::new();
-    for graph in fields(model)?
-        .into_iter()
-        .filter(|f| f.number == MODEL_GRAPH && f.wire == WIRE_LEN)
-    {
-        for init in fields(graph.payload)?
+    for init in graph_entries(model, GRAPH_INITIALIZER)? {
+        for entry in fields(init)?
             .into_iter()
-            .filter(|f| f.number == GRAPH_INITIALIZER && f.wire == WIRE_LEN)
+            .filter(|f| f.number == TENSOR_EXTERNAL_DATA && f.wire == WIRE_LEN)
         {
-            for entry in fields(init.payload)?
-                .into_iter()
-                .filter(|f| f.number == TENSOR_EXTERNAL_DATA && f.wire == WIRE_LEN)
+            if strings(entry.payload, ENTRY_KEY)?
+                .iter()
+                .any(|k| k == "location")
             {
-                if strings(entry.payload, ENTRY_KEY)?
-                    .iter()
-                    .any(|k| k == "location")
-                {
-                    out.extend(strings(entry.payload, ENTRY_VALUE)?);
-                }
+                out.extend(strings(entry.payload, ENTRY_VALUE)?);
             }
         }
     }
@@ -45,12 +36,7 @@ pub fn external_data_files(model: &[u8]) -> anyhow::Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn len_field(number: u32, payload: &[u8]) -> Vec<u8> {
-        let mut out = vec![((number << 3) | 2) as u8, payload.len() as u8];
-        out.extend_from_slice(payload);
-        out
-    }
+    use crate::runtime::onnx_prune::{len_field, MODEL_GRAPH};
 
     #[test]
     fn finds_the_locations_of_external_initializers() {

@@ -3,26 +3,17 @@
 
 use std::collections::BTreeSet;
 
-use super::onnx_prune::{fields, strings, WIRE_LEN};
+use super::onnx_prune::{graph_entries, strings};
 
 // Field numbers from onnx.proto3.
-const MODEL_GRAPH: u32 = 7;
 const GRAPH_NODE: u32 = 1;
 const NODE_OP_TYPE: u32 = 4;
 
 /// The distinct `op_type`s of the top-level graph's nodes.
 pub fn op_types(model: &[u8]) -> anyhow::Result<BTreeSet<String>> {
     let mut out = BTreeSet::new();
-    for graph in fields(model)?
-        .into_iter()
-        .filter(|f| f.number == MODEL_GRAPH && f.wire == WIRE_LEN)
-    {
-        for node in fields(graph.payload)?
-            .into_iter()
-            .filter(|f| f.number == GRAPH_NODE && f.wire == WIRE_LEN)
-        {
-            out.extend(strings(node.payload, NODE_OP_TYPE)?);
-        }
+    for node in graph_entries(model, GRAPH_NODE)? {
+        out.extend(strings(node, NODE_OP_TYPE)?);
     }
     Ok(out)
 }
@@ -38,12 +29,7 @@ pub fn quantizes_per_batch(model: &[u8]) -> anyhow::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn len_field(number: u32, payload: &[u8]) -> Vec<u8> {
-        let mut out = vec![((number << 3) | 2) as u8, payload.len() as u8];
-        out.extend_from_slice(payload);
-        out
-    }
+    use crate::runtime::onnx_prune::{len_field, MODEL_GRAPH};
 
     fn model(ops: &[&str]) -> Vec<u8> {
         let nodes: Vec<u8> = ops

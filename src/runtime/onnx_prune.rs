@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use anyhow::{bail, Context};
 
 // Field numbers from onnx.proto3.
-const MODEL_GRAPH: u32 = 7;
+pub(super) const MODEL_GRAPH: u32 = 7;
 const GRAPH_NODE: u32 = 1;
 const GRAPH_OUTPUT: u32 = 12;
 const NODE_INPUT: u32 = 1;
@@ -109,6 +109,24 @@ pub(super) fn strings(msg: &[u8], number: u32) -> anyhow::Result<Vec<String>> {
         .collect()
 }
 
+/// The payloads of the top-level graph's length-delimited fields numbered `number` (its
+/// nodes, initializers, ...).
+pub(super) fn graph_entries(model: &[u8], number: u32) -> anyhow::Result<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    for graph in fields(model)?
+        .into_iter()
+        .filter(|f| f.number == MODEL_GRAPH && f.wire == WIRE_LEN)
+    {
+        out.extend(
+            fields(graph.payload)?
+                .into_iter()
+                .filter(|f| f.number == number && f.wire == WIRE_LEN)
+                .map(|f| f.payload),
+        );
+    }
+    Ok(out)
+}
+
 fn push_len_field(out: &mut Vec<u8>, number: u32, payload: &[u8]) {
     write_varint(out, (u64::from(number) << 3) | u64::from(WIRE_LEN));
     write_varint(out, payload.len() as u64);
@@ -128,6 +146,14 @@ fn has_subgraph(node: &[u8]) -> anyhow::Result<bool> {
         }
     }
     Ok(false)
+}
+
+/// One length-delimited field, encoded: test models are built from these.
+#[cfg(test)]
+pub(super) fn len_field(number: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    push_len_field(&mut out, number, payload);
+    out
 }
 
 /// What [`prune_to_outputs`] did.

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod child;
+pub mod parity_cases;
 pub mod vectors;
 
 use std::path::PathBuf;
