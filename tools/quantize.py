@@ -84,62 +84,73 @@ class EncoderCalibration:
         return {"image": pad.transpose(2, 0, 1)[None].copy()}
 
 
-def cmd_make(a) -> None:
-    src_man = json.load(open(os.path.join(a.src, "manifest.json")))
-    os.makedirs(a.out, exist_ok=True)
+def make_variant(src_dir: str, out: str, encoder: str, decoder: str, *, name=None, op_types=None,
+                 calib_images: int = 16, per_channel: bool = False, exclude=(), share: bool = False) -> None:
+    """Writes the int8 variant of a model folder (what `make` does). `exclude`: decoder nodes
+    kept in float. `share`: a part left at `none` is named by a relative path to the source
+    folder's file instead of copied."""
+    src_man = json.load(open(os.path.join(src_dir, "manifest.json")))
+    os.makedirs(out, exist_ok=True)
     t0 = time.time()
-    used = {}
-    for part, mode in (("encoder", a.encoder), ("decoder", a.decoder)):
-        src = os.path.join(a.src, src_man[part])
-        dst = os.path.join(a.out, f"{part}.onnx")
+    man = dict(src_man)
+    used, said = {}, []
+    for part, mode in (("encoder", encoder), ("decoder", decoder)):
+        src = os.path.join(src_dir, src_man[part])
         if part == "decoder" and mode == "static":
             sys.exit("static quantization of the decoder is not offered: its inputs are prompts, and one "
                      "calibration set of prompts does not cover clicks, boxes and mask inputs alike")
-        if mode == "none" and getattr(a, "share", False):
+        if mode == "none":
             used[part] = {"mode": "none"}
-            continue  # the manifest points at the source folder's file (below)
-        calib = EncoderCalibration(a.src, a.calib_images) if mode == "static" else None
+            said.append(f"{part} fp32" + (" (the source folder's file)" if share else ""))
+            if share:
+                man[part] = os.path.relpath(src, out)
+                continue
+        man[part] = f"{part}.onnx"
+        calib = EncoderCalibration(src_dir, calib_images) if mode == "static" else None
         ext = os.path.getsize(src) > 1_500_000_000
         print(f"{part}: {mode}", flush=True)
-        ops = a.op_types.split(",") if a.op_types else OP_TYPES.get(mode, [])
-        exclude = read_exclude(a.exclude) if part == "decoder" else []
-        used[part] = {"mode": mode, "op_types": ops} if mode != "none" else {"mode": "none"}
-        if mode == "dynamic" and a.per_channel:
-            used[part]["per_channel"] = True
-        if exclude and mode != "none":
-            used[part]["kept_fp32"] = exclude
-        quantize_file(src, dst, mode, ops, calib, external_data=ext, per_channel=a.per_channel, exclude=exclude)
-    man = dict(src_man)
-    man["name"] = a.name or os.path.basename(os.path.normpath(a.out))
-    man["encoder"], man["decoder"] = "encoder.onnx", "decoder.onnx"
-    for part, mode in (("encoder", a.encoder), ("decoder", a.decoder)):
-        if mode == "none" and getattr(a, "share", False):
-            man[part] = os.path.relpath(os.path.join(a.src, src_man[part]), a.out)
+        ops = op_types.split(",") if op_types else OP_TYPES.get(mode, [])
+        kept = list(exclude) if part == "decoder" and mode != "none" else []
+        if mode != "none":
+            used[part] = {"mode": mode, "op_types": ops}
+            if mode == "dynamic" and per_channel:
+                used[part]["per_channel"] = True
+            if kept:
+                used[part]["kept_fp32"] = kept
+            said.append(f"{part} {mode} int8 {'/'.join(ops)}" + (f", {len(kept)} nodes kept fp32" if kept else ""))
+        quantize_file(src, os.path.join(out, man[part]), mode, ops, calib, external_data=ext,
+                      per_channel=per_channel, exclude=kept)
+    man["name"] = name or os.path.basename(os.path.normpath(out))
     # "int8" when any part is: "quantization" says which.
-    quantized = (a.encoder, a.decoder) != ("none", "none")
+    quantized = (encoder, decoder) != ("none", "none")
     man["precision"] = "int8" if quantized else src_man.get("precision", "fp32")
     man["quantization"] = {**used, "tool": "onnxruntime.quantization", "from": src_man["name"]}
-    def said(p, u):
-        if u["mode"] == "none":
-            return f"{p} fp32" + (" (the source folder's file)" if getattr(a, "share", False) else "")
-        kept = f", {len(u['kept_fp32'])} nodes kept fp32" if u.get("kept_fp32") else ""
-        return f"{p} {u['mode']} int8 {'/'.join(u['op_types'])}{kept}"
-
-    parts = ", ".join(said(p, u) for p, u in used.items())
-    man["description"] = f"{src_man['name']} quantized ({parts}; ONNX Runtime). " + src_man.get("description", "")
+    man["description"] = (f"{src_man['name']} quantized ({', '.join(said)}; ONNX Runtime). "
+                          + src_man.get("description", ""))
     for k in ("checkpoint", "architecture", "text"):
         man.pop(k, None)
     man["generated_by"] = "tools/quantize.py"
     if src_man.get("text"):
         # Keep the text prompts of the source folder: a path relative to the new folder.
-        man["text"] = os.path.relpath(os.path.join(a.src, src_man["text"]), a.out)
-    with open(os.path.join(a.out, "manifest.json"), "w") as f:
+        man["text"] = os.path.relpath(os.path.join(src_dir, src_man["text"]), out)
+    with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(man, f, indent=2)
         f.write("\n")
     for part in ("encoder", "decoder"):
-        print(f"  {part}: {os.path.getsize(os.path.join(a.src, src_man[part]))} -> "
-              f"{os.path.getsize(os.path.join(a.out, man[part]))} bytes ({man[part]})")
-    print(f"wrote {a.out} in {time.time() - t0:.0f} s")
+        print(f"  {part}: {os.path.getsize(os.path.join(src_dir, src_man[part]))} -> "
+              f"{os.path.getsize(os.path.join(out, man[part]))} bytes ({man[part]})")
+    print(f"wrote {out} in {time.time() - t0:.0f} s")
+
+
+def cmd_make(a) -> None:
+    make_variant(a.src, a.out, a.encoder, a.decoder, name=a.name, op_types=a.op_types,
+                 calib_images=a.calib_images, per_channel=a.per_channel, exclude=read_exclude(a.exclude),
+                 share=a.share)
+
+
+def token_ious(ma: np.ndarray, mb: np.ndarray) -> list[float]:
+    """IoU of the same token's mask, for every prompt and token of two [P, T, H, W] answers."""
+    return [iou(ma[p, t], mb[p, t]) for p in range(ma.shape[0]) for t in range(ma.shape[1])]
 
 
 def scene_prompts(seed: int, long_side: int):
@@ -184,7 +195,7 @@ def agreement_sequential(a_dir: str, b_dir: str, scenes: int, long_side: int) ->
         n = int(np.prod(shape))
         ma = np.unpackbits(pa, count=n).reshape(shape).astype(bool)
         mb = np.unpackbits(pb, count=n).reshape(shape).astype(bool)
-        ious += [iou(ma[p, t], mb[p, t]) for p in range(shape[0]) for t in range(shape[1])]
+        ious += token_ious(ma, mb)
         dscore.append(np.abs(sa - sb).ravel())
     d = np.concatenate(dscore)
     return {"scenes": scenes, "prompts": sum(o[0][0] for o in outs["a"]), "masks_compared": len(ious),
@@ -230,9 +241,7 @@ def cmd_compare(a) -> dict:
             dec_t[key].append((time.perf_counter() - t0) / len(pts))
             out[key] = [np.concatenate([r[k] for r in res]) for k in (0, 1)]
         (ma, sa), (mb, sb) = out["a"], out["b"]
-        for p in range(len(pts)):
-            for t in range(ma.shape[1]):
-                ious.append(iou(ma[p, t] > 0, mb[p, t] > 0))
+        ious += token_ious(ma > 0, mb > 0)
         dscore.append(np.abs(sa - sb).ravel())
         prompts += len(pts)
         print(f"  scene {i + 1}/{a.scenes}: {len(pts)} prompts, running mean IoU {np.mean(ious):.4f}", flush=True)
@@ -332,7 +341,7 @@ class DecoderBench:
         for emb, (h, w), (sx, sy), pts, ref in self.items:
             self.sam.emb, self.sam.h, self.sam.w, self.sam.sx, self.sam.sy = emb, h, w, sx, sy
             got = self.sam.decode(pts)[0] > 0
-            ious += [iou(got[p, t], ref[p, t]) for p in range(ref.shape[0]) for t in range(ref.shape[1])]
+            ious += token_ious(got, ref)
         return float(np.mean(ious))
 
 
@@ -414,9 +423,8 @@ def cmd_search(a) -> None:
     with open(listing, "w") as f:
         f.write(f"# decoder nodes kept in float by quantize.py search (tuning mean IoU {score:.4f})\n")
         f.writelines(n + "\n" for n in kept)
-    cmd_make(argparse.Namespace(src=a.src, out=a.out, name=a.name, encoder="none", decoder="dynamic",
-                                op_types=a.op_types, calib_images=0, per_channel=a.per_channel,
-                                exclude="@" + listing, share=a.share))
+    make_variant(a.src, a.out, "none", "dynamic", name=a.name, op_types=a.op_types, per_channel=a.per_channel,
+                 exclude=kept, share=a.share)
     print(f"{len(nodes) - len(kept)} of {len(nodes)} nodes int8, {len(kept)} kept in float; tuning mean IoU "
           f"{score:.4f} ({time.time() - t0:.0f} s). Judge it: quantize.py compare --a {a.src} --b {a.out}")
 

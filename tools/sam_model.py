@@ -107,7 +107,7 @@ def main(argv=None):
                     help="no download or export: write only the int8 variant of a folder exported before")
     ap.add_argument("--int8-check-scenes", type=int, default=2,
                     help="held-out synthetic scenes on which the int8 variant is compared with fp32 (mask IoU, "
-                         "predicted-IoU deltas, encoder time); written into its manifest; 0 skips")
+                         "predicted-IoU deltas); written into its manifest; 0 skips")
     a = ap.parse_args(argv)
     if a.int8_from:
         write_int8(a.int8_from, a.int8_out or a.int8_from.rstrip("/") + "-int8", a.int8_check_scenes)
@@ -167,7 +167,6 @@ def write_int8(src: str, dst: str, check_scenes: int) -> None:
     of 5.2 s on 2 cores), and the decoder's too except the positional-encoding MatMuls, which
     int8 hurts most (README "int8 variants"; random-init ViT-B: 1.5x decoder prompts/s at one
     prompt per call, which is how the server runs dynamic int8 decoders)."""
-    import argparse as _argparse
     import json
 
     import quantize
@@ -175,9 +174,7 @@ def write_int8(src: str, dst: str, check_scenes: int) -> None:
     man = json.load(open(os.path.join(src, "manifest.json")))
     keep = quantize.positional_encoding_nodes(os.path.join(src, man["decoder"]))
     print(f"int8 variant: {dst} (decoder nodes kept fp32: {keep})", flush=True)
-    quantize.cmd_make(_argparse.Namespace(src=src, out=dst, name=None, encoder="dynamic", decoder="dynamic",
-                                          op_types=None, calib_images=0, per_channel=False,
-                                          exclude=",".join(keep)))
+    quantize.make_variant(src, dst, "dynamic", "dynamic", exclude=keep)
     if check_scenes <= 0:
         return
     # Synthetic held-out scenes: they say how far int8 moves the masks of these weights, not
