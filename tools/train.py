@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from data_engine import HELDOUT_START, make_scene  # noqa: E402
 from samtiny import ARCHES, PIXEL_MEAN, PIXEL_STD, PromptDecoder, build_sam  # noqa: E402
+from train_state import Ema, cpu_has_bf16, load_compact, save_compact  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -104,6 +105,7 @@ class Scenes(torch.utils.data.IterableDataset):
             "points": torch.from_numpy(pts),
             "boxes": torch.from_numpy(boxes),
             "use_box": torch.from_numpy(use_box),
+            "seed": torch.tensor(seed),
         }
 
 
@@ -299,7 +301,20 @@ def main(argv=None):
     ap.add_argument("--clicks", type=int, default=2, help="iterative error-region clicks (paper: 8)")
     ap.add_argument("--interactive-frac", type=float, default=0.34,
                     help="fraction of the prompts that go on through the click and mask-only passes")
-    ap.add_argument("--schedule", choices=["step", "cosine"], default="cosine")
+    ap.add_argument("--schedule", choices=["step", "cosine", "constant"], default="cosine",
+                    help="step/cosine: a function of the time budget (--minutes); constant: --lr after "
+                         "--warmup-steps, for open-ended training (use --ema for the exported weights)")
+    ap.add_argument("--warmup-steps", type=int, default=0,
+                    help="linear warm-up in steps (constant schedule; a fresh AdamW state after --init)")
+    ap.add_argument("--ema", type=float, default=0.0,
+                    help="keep an exponential moving average of the weights (e.g. 0.999) and write it as "
+                         "checkpoint.pth; the raw weights stay in the training state")
+    ap.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
+                    help="bfloat16 autocast (auto: on for CUDA and for CPUs with AVX-512 bf16 or AMX); "
+                         "losses, IoU targets and metrics stay float32")
+    ap.add_argument("--compact", help="also write a compact training state here on every save "
+                    "(fp16 weights + EMA, bf16 Adam second moment; the file a commit carries)")
+    ap.add_argument("--curve", help="append one JSON line of training statistics per log interval here")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--lr", type=float, default=8e-4)
     ap.add_argument("--warmup", type=float, default=0.03, help="fraction of the budget")
@@ -327,38 +342,61 @@ def main(argv=None):
         print(f"initialised from {args.init}")
     sam.to(dev)
     opt = torch.optim.AdamW(sam.parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=0.1)
-    step, elapsed = 0, 0.0
+    ema = Ema(sam, args.ema) if args.ema > 0 else None
+    # progress: step, elapsed (training wall seconds), objects (first-pass prompts seen),
+    # cpu_s (this process's CPU seconds), data (the scene stream's next seed offset).
+    prog = {"step": 0, "elapsed": 0.0, "objects": 0, "cpu_s": 0.0, "data": 0}
     if os.path.exists(state_path) and not args.fresh:
         st = torch.load(state_path, map_location=dev)
         sam.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
-        step, elapsed = st["step"], st["elapsed"]
-        print(f"resumed from {state_path}: step {step}, {elapsed / 60:.1f} min trained")
+        prog.update(st.get("progress", {"step": st["step"], "elapsed": st["elapsed"]}))
+        if ema is not None and "ema" in st:
+            ema.load(st["ema"], st.get("ema_updates", 0))
+        print(f"resumed from {state_path}: step {prog['step']}, {prog['elapsed'] / 60:.1f} min trained")
+    elif args.compact and os.path.exists(args.compact) and not args.fresh:
+        prog.update(load_compact(args.compact, sam, opt, ema))
+        print(f"resumed from the compact state {args.compact}: step {prog['step']}, "
+              f"{prog['objects']} objects, {prog['cpu_s'] / 3600:.2f} CPU hours")
+    step, elapsed = prog["step"], prog["elapsed"]
     budget = args.minutes * 60.0
     if elapsed >= budget:
         print("budget already spent; raise --minutes to continue")
     L = sam.image_encoder.img_size
-    # A fresh part of the seed space per resume, so a resumed run sees new scenes.
-    ds = Scenes(L, args.targets, seed0=(step * args.batch * 7) % HELDOUT_START)
+    # The scene stream goes on where the last run stopped (older states: a fresh part of
+    # the seed space derived from the step).
+    seed0 = prog["data"] if prog["data"] else (step * args.batch * 7) % HELDOUT_START
+    ds = Scenes(L, args.targets, seed0=seed0)
     dl = torch.utils.data.DataLoader(
         ds, batch_size=args.batch, num_workers=args.workers, pin_memory=dev.type == "cuda",
         persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers > 0 else None,
     )
     mean = torch.tensor(PIXEL_MEAN, device=dev).view(1, 3, 1, 1)
     std = torch.tensor(PIXEL_STD, device=dev).view(1, 3, 1, 1)
-    amp = dev.type == "cuda"
+    if args.amp == "auto":
+        amp = dev.type == "cuda" or (dev.type == "cpu" and cpu_has_bf16())
+    else:
+        amp = args.amp == "bf16"
+    print(f"bfloat16 autocast: {'on' if amp else 'off'}")
     res = L // 2  # loss resolution: low-res logits upsampled x2
     sam.train()
 
     def save():
         sam.eval()
+        prog.update(step=step, elapsed=elapsed)
         tmp = state_path + ".tmp"
-        torch.save({"model": sam.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
-                    "arch": arch}, tmp)
+        blob = {"model": sam.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
+                "arch": arch, "progress": dict(prog)}
+        if ema is not None:
+            blob["ema"], blob["ema_updates"] = ema.state_dict(), ema.updates
+        torch.save(blob, tmp)
         os.replace(tmp, state_path)
-        torch.save({k: v.detach().cpu() for k, v in sam.state_dict().items()}, os.path.join(args.out, "checkpoint.pth"))
+        weights = ema.state_dict() if ema is not None else sam.state_dict()
+        torch.save({k: v.detach().cpu() for k, v in weights.items()}, os.path.join(args.out, "checkpoint.pth"))
         with open(os.path.join(args.out, "arch.json"), "w") as f:
             json.dump(arch, f, indent=2)
+        if args.compact:
+            save_compact(args.compact, sam, opt, ema, dict(prog), arch)
         sam.train()
 
     stats: dict = {}
@@ -366,13 +404,18 @@ def main(argv=None):
     t_start = time.time()
     e_start = elapsed
     it = iter(dl)
+    cpu_last = time.process_time()
     timing = {"data": 0.0, "forward": 0.0, "backward": 0.0}
     while elapsed < budget:
         t0 = time.time()
         batch = next(it)
         t1 = time.time()
+        if args.schedule == "constant":
+            factor = min(1.0, (step + 1) / args.warmup_steps) if args.warmup_steps else 1.0
+        else:
+            factor = lr_factor(elapsed / budget, args.warmup, args.schedule)
         for g in opt.param_groups:
-            g["lr"] = args.lr * lr_factor(elapsed / budget, args.warmup, args.schedule)
+            g["lr"] = args.lr * factor
         img = batch["image"].to(dev, non_blocking=True).permute(0, 3, 1, 2).float()
         hw = batch["hw"].to(dev)
         N = img.shape[0]
@@ -405,12 +448,19 @@ def main(argv=None):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
         opt.step()
+        if ema is not None:
+            ema.update(sam)
         t3 = time.time()
         timing["data"] += t1 - t0
         timing["forward"] += t2 - t1
         timing["backward"] += t3 - t2
         step += 1
         elapsed = e_start + (time.time() - t_start)
+        prog["objects"] += N * K
+        prog["data"] = (int(batch["seed"].max()) + 1) % HELDOUT_START
+        cpu_now = time.process_time()
+        prog["cpu_s"] += cpu_now - cpu_last
+        cpu_last = cpu_now
         if step % args.log_every == 0:
             s = {k: np.mean(v) for k, v in stats.items()}
             tot = sum(timing.values())
@@ -423,6 +473,15 @@ def main(argv=None):
                 f"backward+step {timing['backward'] / tot:.0%})",
                 flush=True,
             )
+            if args.curve:
+                with open(args.curve, "a") as f:
+                    f.write(json.dumps({
+                        "step": step, "objects": prog["objects"], "cpu_h": round(prog["cpu_s"] / 3600, 4),
+                        "elapsed_min": round(elapsed / 60, 2), "lr": opt.param_groups[0]["lr"],
+                        "loss": round(float(loss.detach()), 4),
+                        **{k: round(float(v), 4) for k, v in s.items()},
+                        "s_per_step": round(tot / args.log_every, 3),
+                    }) + "\n")
             stats = {}
             timing = {k: 0.0 for k in timing}
         if time.time() - t_last_save > args.save_every:
