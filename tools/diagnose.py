@@ -36,10 +36,13 @@ def fixed_scenes(n, L, min_area, seed0=123):
     """Image tensors [n,3,L,L] (normalized, zero padded) and per-object prompts/targets."""
     mean = np.array(PIXEL_MEAN, np.float32)
     std = np.array(PIXEL_STD, np.float32)
-    imgs, objs, raw = [], [], []
+    imgs, objs, raw, owners = [], [], [], []
     for i in range(n):
         sc = make_scene(seed0 + i, long_side=L)
         h, w = sc.height, sc.width
+        own = np.zeros((L, L), np.int16)
+        own[:h, :w] = sc.owner
+        owners.append(own)
         x = np.zeros((L, L, 3), np.float32)
         x[:h, :w] = (sc.image.astype(np.float32) - mean) / std
         imgs.append(x.transpose(2, 0, 1))
@@ -60,7 +63,7 @@ def fixed_scenes(n, L, min_area, seed0=123):
                 "box": np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32),
                 "point": np.array([cx + 0.5, cy + 0.5], np.float32),
             })
-    return torch.from_numpy(np.stack(imgs)), objs, raw
+    return torch.from_numpy(np.stack(imgs)), objs, raw, torch.from_numpy(np.stack(owners))
 
 
 def prompts_for(objs, idx, kind, dev):
@@ -111,6 +114,52 @@ def evaluate(sam, pdec, imgs, objs, res):
     return out
 
 
+def param_groups(sam):
+    """Parameters by part of the model, for gradient norms."""
+    md = sam.mask_decoder
+    return {
+        "encoder": list(sam.image_encoder.parameters()),
+        "prompt_enc": list(sam.prompt_encoder.parameters()),
+        "transformer": list(md.transformer.parameters()),
+        "tokens": [md.iou_token.weight, md.mask_tokens.weight],
+        "upscaling": list(md.output_upscaling.parameters()),
+        "hypernets": list(md.output_hypernetworks_mlps.parameters()),
+        "iou_head": list(md.iou_prediction_head.parameters()),
+    }
+
+
+def grad_norm(ps):
+    g = [p.grad.detach().float().norm() for p in ps if p.grad is not None]
+    return float(torch.stack(g).norm()) if g else 0.0
+
+
+class DenseAux(torch.nn.Module):
+    """Dense auxiliary loss on the image embedding, from the scene's instance map (owner ids,
+    parts as their own ids): a boundary map at 4x the grid (pixel_shuffle of a 1x1 conv), so
+    the embedding of each cell must say where inside it instance boundaries run. Training
+    only: not part of the exported model."""
+
+    def __init__(self, c: int, up: int = 4) -> None:
+        super().__init__()
+        self.up = up
+        self.head = torch.nn.Sequential(
+            torch.nn.Conv2d(c, c, 1), torch.nn.GELU(), torch.nn.Conv2d(c, up * up, 1))
+
+    def loss(self, emb, owner):
+        logits = F.pixel_shuffle(self.head(emb), self.up)[:, 0].float()  # [N, 4g, 4g]
+        res = logits.shape[-1]
+        o = owner.long()
+        edge = torch.zeros_like(o, dtype=torch.bool)
+        edge[:, 1:, :] |= o[:, 1:, :] != o[:, :-1, :]
+        edge[:, :-1, :] |= o[:, 1:, :] != o[:, :-1, :]
+        edge[:, :, 1:] |= o[:, :, 1:] != o[:, :, :-1]
+        edge[:, :, :-1] |= o[:, :, 1:] != o[:, :, :-1]
+        tgt = F.adaptive_max_pool2d(edge[:, None].float(), res)[:, 0]
+        pos = tgt.mean().clamp(min=1e-3)
+        w = torch.where(tgt > 0, 0.5 / pos, 0.5 / (1 - pos))
+        return (F.binary_cross_entropy_with_logits(logits, tgt, reduction="none") * w).mean()
+
+
 def contact_sheet(path, raw, objs, pred, res, L, n=24):
     from PIL import Image, ImageDraw
 
@@ -143,13 +192,22 @@ def overfit(args):
         torch.set_num_threads(args.threads)
     L = sam.image_encoder.img_size
     res = L // 2
-    imgs, objs, raw = fixed_scenes(args.scenes, L, args.min_area)
+    imgs, objs, raw, owners = fixed_scenes(args.scenes, L, args.min_area)
+    aux = DenseAux(sam.prompt_encoder.embed_dim) if args.aux > 0 else None
     print(f"{args.scenes} scenes, {len(objs)} objects (area >= {args.min_area})", flush=True)
-    opt = torch.optim.AdamW(sam.parameters(), lr=args.lr, weight_decay=0.1)
+    params = list(sam.parameters()) + (list(aux.parameters()) if aux is not None else [])
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.1)
+    amp = args.amp == "bf16"
     sam.train()
     t0 = time.time()
+    np.random.seed(args.seed)
+    groups = param_groups(sam)
     for step in range(1, args.steps + 1):
+        for g in opt.param_groups:
+            g["lr"] = args.lr * (min(1.0, step / args.warmup_steps) if args.warmup_steps else 1.0)
         si = np.random.choice(args.scenes, size=min(args.batch, args.scenes), replace=False)
+        ac = torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp)
+        ac.__enter__()
         emb = sam.image_encoder(imgs[torch.from_numpy(si)])
         remap = {int(s): j for j, s in enumerate(si)}
         cand = [i for i, o in enumerate(objs) if o["scene"] in remap]
@@ -165,9 +223,15 @@ def overfit(args):
             with torch.no_grad():
                 actual = T.binary_iou(lg > 0, tgt[:, None])
             best = losses.argmin(1)
-            loss = loss + losses.gather(1, best[:, None]).mean() + F.mse_loss(iou_p[:, sel], actual)
+            loss = loss + losses.gather(1, best[:, None]).mean() + F.mse_loss(iou_p[:, sel].float(), actual)
+        if aux is not None:
+            loss = loss + args.aux * aux.loss(emb, owners[torch.from_numpy(si)])
+        ac.__exit__(None, None, None)
         opt.zero_grad()
         loss.backward()
+        if args.grad_every and (step % args.grad_every == 0 or step == 1):
+            print(f"  grad norms step {step}: " + " ".join(
+                f"{k} {grad_norm(v):.2e}" for k, v in groups.items()), flush=True)
         torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
         opt.step()
         if step % args.eval_every == 0 or step == args.steps:
@@ -196,6 +260,11 @@ def main(argv=None):
     o.add_argument("--init", help="start from this state_dict instead of a random init")
     o.add_argument("--threads", type=int, default=0)
     o.add_argument("--focal-alpha", type=float, default=0.25)
+    o.add_argument("--amp", choices=["bf16", "off"], default="bf16", help="bfloat16 autocast")
+    o.add_argument("--warmup-steps", type=int, default=0)
+    o.add_argument("--aux", type=float, default=0.0, help="weight of the dense boundary loss (DenseAux)")
+    o.add_argument("--grad-every", type=int, default=0, help="print gradient norms per part every N steps")
+    o.add_argument("--seed", type=int, default=0, help="numpy seed of the batch draws")
     args = ap.parse_args(argv)
     if args.cmd == "overfit":
         overfit(args)

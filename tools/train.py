@@ -27,6 +27,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 
@@ -310,7 +311,8 @@ def main(argv=None):
                     help="keep an exponential moving average of the weights (e.g. 0.999) and write it as "
                          "checkpoint.pth; the raw weights stay in the training state")
     ap.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
-                    help="bfloat16 autocast (auto: on for CUDA and for CPUs with AVX-512 bf16 or AMX); "
+                    help="bfloat16 autocast (auto: on for CUDA and for CPUs with AMX; without AMX it is "
+                         "slower than float32, see tools/step_bench.py precision); "
                          "losses, IoU targets and metrics stay float32")
     ap.add_argument("--compact", help="also write a compact training state here on every save "
                     "(fp16 weights + EMA, bf16 Adam second moment; the file a commit carries)")
@@ -399,6 +401,14 @@ def main(argv=None):
             save_compact(args.compact, sam, opt, ema, dict(prog), arch)
         sam.train()
 
+    # SIGTERM/SIGINT: finish the step, save, exit (so a stopped run resumes where it stopped).
+    stop = {"now": False}
+
+    def request_stop(signum, frame):
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     stats: dict = {}
     t_last_save = time.time()
     t_start = time.time()
@@ -406,7 +416,7 @@ def main(argv=None):
     it = iter(dl)
     cpu_last = time.process_time()
     timing = {"data": 0.0, "forward": 0.0, "backward": 0.0}
-    while elapsed < budget:
+    while elapsed < budget and not stop["now"]:
         t0 = time.time()
         batch = next(it)
         t1 = time.time()
