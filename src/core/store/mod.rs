@@ -370,6 +370,14 @@ impl SharedStore {
         }
     }
 
+    /// Whether the store holds an embedding of the image for this model build; `None` when
+    /// the store could not answer. (The value itself is not read or checked: a prewarm run
+    /// uses this to skip images, and a bad value is re-encoded on first use anyway.)
+    pub async fn contains(&self, tag: &ModelTag, image_id: &str) -> Option<bool> {
+        let key = Self::value_key(tag, image_id);
+        self.call("exists", self.backend.exists(&key)).await
+    }
+
     /// Drops an image's embedding from the store (DELETE of the image); true when the
     /// store held it.
     pub async fn delete(&self, tag: &ModelTag, image_id: &str) -> bool {
