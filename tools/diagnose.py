@@ -242,7 +242,7 @@ def overfit(args):
     aux = DenseAux(sam.prompt_encoder.embed_dim, args.aux_mode) if args.aux > 0 else None
     print(f"{args.scenes} scenes, {len(objs)} objects (area >= {args.min_area})", flush=True)
     params = list(sam.parameters()) + (list(aux.parameters()) if aux is not None else [])
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.1)
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, args.beta2), weight_decay=0.1)
     amp = args.amp == "bf16"
     sam.train()
     t0 = time.time()
@@ -308,6 +308,7 @@ def main(argv=None):
     o.add_argument("--focal-alpha", type=float, default=0.25)
     o.add_argument("--amp", choices=["bf16", "off"], default="bf16", help="bfloat16 autocast")
     o.add_argument("--warmup-steps", type=int, default=0)
+    o.add_argument("--beta2", type=float, default=0.999, help="AdamW's second-moment decay")
     o.add_argument("--aux", type=float, default=0.0, help="weight of the dense auxiliary loss (DenseAux)")
     o.add_argument("--aux-mode", choices=["boundary", "embed", "both"], default="boundary")
     o.add_argument("--grad-every", type=int, default=0, help="print gradient norms per part every N steps")
