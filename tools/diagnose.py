@@ -114,6 +114,21 @@ def evaluate(sam, pdec, imgs, objs, res):
     return out
 
 
+def align_prompt_attention(sam):
+    """Initialise every token-to-image attention with k_proj = q_proj (zero biases), so that
+    q.k contains (prompt token + its positional encoding) . (image + image positional
+    encoding) through W^T W ~ c I: the prompt's random-Fourier encoding meets the image's at
+    the prompt's position from the first step, instead of the decoder having to learn that
+    alignment while it predicts background everywhere."""
+    t = sam.mask_decoder.transformer
+    attns = [layer.cross_attn_token_to_image for layer in t.layers] + [t.final_attn_token_to_image]
+    with torch.no_grad():
+        for a in attns:
+            a.k_proj.weight.copy_(a.q_proj.weight)
+            a.q_proj.bias.zero_()
+            a.k_proj.bias.zero_()
+
+
 def param_groups(sam):
     """Parameters by part of the model, for gradient norms."""
     md = sam.mask_decoder
@@ -238,6 +253,8 @@ def overfit(args):
         torch.set_num_threads(args.threads)
     L = sam.image_encoder.img_size
     res = L // 2
+    if args.align_pe:
+        align_prompt_attention(sam)
     imgs, objs, raw, owners = fixed_scenes(args.scenes, L, args.min_area)
     aux = DenseAux(sam.prompt_encoder.embed_dim, args.aux_mode) if args.aux > 0 else None
     print(f"{args.scenes} scenes, {len(objs)} objects (area >= {args.min_area})", flush=True)
@@ -309,6 +326,7 @@ def main(argv=None):
     o.add_argument("--amp", choices=["bf16", "off"], default="bf16", help="bfloat16 autocast")
     o.add_argument("--warmup-steps", type=int, default=0)
     o.add_argument("--beta2", type=float, default=0.999, help="AdamW's second-moment decay")
+    o.add_argument("--align-pe", action="store_true", help="k_proj = q_proj in token-to-image attention at init")
     o.add_argument("--aux", type=float, default=0.0, help="weight of the dense auxiliary loss (DenseAux)")
     o.add_argument("--aux-mode", choices=["boundary", "embed", "both"], default="boundary")
     o.add_argument("--grad-every", type=int, default=0, help="print gradient norms per part every N steps")
