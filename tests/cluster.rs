@@ -481,7 +481,7 @@ async fn cluster_of_three_behind_nginx_with_a_shared_store() {
         .find(|l| l.starts_with("samserve:emb:"))
         .expect("stored embeddings")
         .to_string();
-    // samserve:emb:v1:{model}:{fingerprint}:{id} -> samserve:lock:{model}:{fingerprint}:{id}
+    // samserve:emb:v2:{model}:{fingerprint}:{id} -> samserve:lock:{model}:{fingerprint}:{id}
     let parts: Vec<&str> = value_key.split(':').collect();
     let img_d = common::synthetic_png(344, 258, 777);
     let id_d = samserve::core::engine::image_id_of(&img_d);
