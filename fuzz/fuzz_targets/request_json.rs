@@ -28,7 +28,7 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let spec = ModelSpec::geometry_only("fuzz", 128, [32, 32]);
         let emb = Embedding {
-            data: vec![0.0; 4],
+            data: samserve::runtime::embedding::EmbeddingData::F32(vec![0.0; 4]),
             shape: [1, 1, 2, 2],
             width: 320,
             height: 240,

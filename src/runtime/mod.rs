@@ -9,6 +9,7 @@ pub mod onnx_external;
 pub mod onnx_ops;
 pub mod onnx_prune;
 pub mod ort_env;
+pub mod png_metadata;
 pub mod preprocess;
 pub mod resize;
 pub mod text;

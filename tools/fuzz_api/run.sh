@@ -4,6 +4,11 @@
 #
 #   make fuzz-api                     # defaults below
 #   FUZZ_API_EXAMPLES=200 make fuzz-api
+#   FUZZ_API_AUTH=0 make fuzz-api     # without API keys
+#
+# By default the server runs with API keys on (a fresh key in target/fuzz-api/keys.txt):
+# every request carries it, and schemathesis' ignored_auth check also sends the guarded
+# operations without a key and with a wrong one, expecting 401.
 #
 # Installs schemathesis into target/fuzz-api/venv on first use. Writes the JUnit and NDJSON
 # reports and the server log to target/fuzz-api/. Exits non-zero on any failed check.
@@ -19,11 +24,25 @@ SEED=${FUZZ_API_SEED:-12}
 MAX_TIME=${FUZZ_API_MAX_TIME:-}
 BIN=target/release/samserve
 PYTHON=${PYTHON:-python3}
+AUTH=${FUZZ_API_AUTH:-1}
 
 mkdir -p "$OUT"
 if [ ! -x "$VENV/bin/schemathesis" ]; then
     "$PYTHON" -m venv "$VENV"
     "$VENV/bin/pip" install --quiet "schemathesis>=4.32,<5"
+fi
+
+SERVER_AUTH=()
+CLIENT_AUTH=()
+EXCLUDE=ignored_auth,object_level_authorization
+if [ "$AUTH" = 1 ]; then
+    KEY="fuzz-api-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    printf 'fuzz:%s\n' "$KEY" > "$OUT/keys.txt"
+    SERVER_AUTH=(--api-keys-file "$OUT/keys.txt")
+    CLIENT_AUTH=(-H "Authorization: Bearer $KEY")
+    # object_level_authorization needs two users with separate objects; keys here are not
+    # users (any key reaches every image).
+    EXCLUDE=object_level_authorization
 fi
 
 # The server's request deadline; schemathesis' max_response_time check is set to it, so a
@@ -35,7 +54,7 @@ DEADLINE_S=${FUZZ_API_DEADLINE_S:-60}
 "$BIN" --host 127.0.0.1 --port "$PORT" --log-format json \
     --max-body-bytes 4194304 --max-image-pixels 4000000 \
     --everything-max-masks 50 --everything-max-points 256 --everything-max-crops 5 \
-    --request-timeout-ms $((DEADLINE_S * 1000)) \
+    --request-timeout-ms $((DEADLINE_S * 1000)) "${SERVER_AUTH[@]}" \
     >"$OUT/server.log" 2>&1 &
 SERVER=$!
 trap 'kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true' EXIT
@@ -52,7 +71,7 @@ set +e
 SCHEMATHESIS_HOOKS=tools/fuzz_api/hooks.py \
 "$VENV/bin/schemathesis" --config-file tools/fuzz_api/schemathesis.toml \
     run "http://127.0.0.1:$PORT/openapi.json" \
-    --checks all --exclude-checks ignored_auth,object_level_authorization \
+    --checks all --exclude-checks "$EXCLUDE" "${CLIENT_AUTH[@]}" \
     --max-response-time "$DEADLINE_S" \
     --phases examples,coverage,fuzzing,stateful \
     --max-examples "$EXAMPLES" --seed "$SEED" --workers 2 \
