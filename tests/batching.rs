@@ -326,8 +326,16 @@ async fn lone_batches_take_the_wide_lane_and_loaded_ones_the_narrow() {
 
     let click = json!({"prompts": [{"points": [{"x": 120, "y": 90, "label": 1}]}]});
     let (_, wide) = s.segment(&id, &click).await;
-    assert_eq!(s.metric("samserve_decoder_batches_total", &lane("wide")).await, 1.0);
-    assert_eq!(s.metric("samserve_decoder_batches_total", &lane("narrow")).await, 0.0);
+    assert_eq!(
+        s.metric("samserve_decoder_batches_total", &lane("wide"))
+            .await,
+        1.0
+    );
+    assert_eq!(
+        s.metric("samserve_decoder_batches_total", &lane("narrow"))
+            .await,
+        0.0
+    );
     let (_, narrow) = narrow_only.segment(&id, &click).await;
     assert_eq!(
         narrow_only
@@ -335,11 +343,19 @@ async fn lone_batches_take_the_wide_lane_and_loaded_ones_the_narrow() {
             .await,
         0.0
     );
-    assert_same(&masks_of(&wide, 0), &masks_of(&narrow, 0), "lone click, wide vs narrow");
+    assert_same(
+        &masks_of(&wide, 0),
+        &masks_of(&narrow, 0),
+        "lone click, wide vs narrow",
+    );
 
     // Twelve boxes in one request: three jobs of four admitted together. The worker that
     // takes the first still sees eight prompts queued, so it runs narrow.
     let boxes: Vec<_> = (0..12).map(|i| [i * 10, 8, 140 + i * 10, 200]).collect();
     assert_servers_agree_on_boxes(&s, &narrow_only, &png, &boxes).await;
-    assert!(s.metric("samserve_decoder_batches_total", &lane("narrow")).await >= 1.0);
+    assert!(
+        s.metric("samserve_decoder_batches_total", &lane("narrow"))
+            .await
+            >= 1.0
+    );
 }

@@ -22,8 +22,8 @@ use crate::metrics::Metrics;
 use crate::runtime::device::Device;
 use crate::runtime::manifest::ModelFiles;
 use crate::runtime::model::{
-    load_model, DecoderLanes, DecoderPrompt, DecoderSession, Embedding, EncoderSession, MaskGeometry, ModelSpec,
-    SessionOptions, TokenOutput, MASK_THRESHOLD,
+    load_model, DecoderLanes, DecoderPrompt, DecoderSession, Embedding, EncoderSession,
+    MaskGeometry, ModelSpec, SessionOptions, TokenOutput, MASK_THRESHOLD,
 };
 use crate::runtime::preprocess::{prepare, PreparedImage};
 
