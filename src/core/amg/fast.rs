@@ -33,7 +33,12 @@ pub(super) fn coarse_to_fine(len: usize) -> Vec<usize> {
 
 /// Whether `point` (crop pixels) lies inside one of `kept` (masks in image pixels) that
 /// covers at most half of the crop: a background-sized mask must not switch off the grid.
-pub(super) fn covered(kept: &[Candidate], point: [f64; 2], crop_origin: [u32; 2], crop_area: u64) -> bool {
+pub(super) fn covered(
+    kept: &[Candidate],
+    point: [f64; 2],
+    crop_origin: [u32; 2],
+    crop_area: u64,
+) -> bool {
     let x = crop_origin[0] as f64 + point[0].max(0.0).floor();
     let y = crop_origin[1] as f64 + point[1].max(0.0).floor();
     let (x, y) = (x as u32, y as u32);
