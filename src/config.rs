@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+pub mod embed;
 pub mod exposure;
 
 /// Command-line and environment configuration of samserve.
@@ -12,7 +13,8 @@ pub mod exposure;
 #[command(
     name = "samserve",
     version,
-    about = "HTTP inference server for Segment Anything"
+    about = "HTTP inference server for Segment Anything",
+    after_help = "Prewarm a shared embedding store with a folder of images: samserve embed --help"
 )]
 pub struct Config {
     /// Address to listen on.

@@ -21,6 +21,14 @@ pub enum ApiError {
     /// An image id, model or other resource does not exist.
     #[error("{what} '{id}' not found")]
     NotFound { what: &'static str, id: String },
+    /// No embedding of this image for this model (never uploaded, evicted or deleted): 404
+    /// `not_found`, with the way to recover in the message.
+    #[error(
+        "image '{id}' is not cached for model '{model}' (never uploaded here, evicted after \
+         disuse or by the cache budget, or deleted); upload the same bytes again (POST \
+         /v1/images, or PUT /v1/images/{id} to keep the id) and retry"
+    )]
+    ImageNotCached { id: String, model: String },
     /// A client-computed image id does not match the content hash.
     #[error("{0}")]
     HashMismatch(String),
@@ -111,7 +119,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => ErrorKind::BadRequest,
             ApiError::InvalidImage(_) => ErrorKind::InvalidImage,
-            ApiError::NotFound { .. } => ErrorKind::NotFound,
+            ApiError::NotFound { .. } | ApiError::ImageNotCached { .. } => ErrorKind::NotFound,
             ApiError::HashMismatch(_) => ErrorKind::HashMismatch,
             ApiError::PayloadTooLarge(_) => ErrorKind::PayloadTooLarge,
             ApiError::UnsupportedMediaType(_) => ErrorKind::UnsupportedMediaType,

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use clap::Parser;
+use samserve::config::embed::EmbedArgs;
 use samserve::config::Config;
 use samserve::core::engine::Engine;
 use samserve::http::serve::{serve, ServeOptions};
@@ -11,6 +12,11 @@ use samserve::metrics::Metrics;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // `samserve embed ...`: prewarm a shared embedding store instead of serving.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "embed") {
+        return embed(EmbedArgs::parse_from(&args[1..])).await;
+    }
     let config = Config::parse();
     init_tracing(&config.log_format);
     tracing::info!(?config, "starting samserve");
@@ -45,10 +51,36 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `samserve embed`: progress on stderr, the summary on stdout; exit status 1 when an image
+/// failed.
+async fn embed(args: EmbedArgs) -> anyhow::Result<()> {
+    // Warnings only unless RUST_LOG says otherwise, on stderr beside the progress line;
+    // stdout carries the summary alone.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,ort=error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let summary = samserve::core::prewarm::run(args).await?;
+    print!("{}", summary.report());
+    if !summary.failed.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour codes only when a person reads the log on a terminal: a log file or a
+    // collector gets plain text. NO_COLOR (https://no-color.org) turns them off anyway.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     if format == "json" {
         builder.json().init();
     } else {

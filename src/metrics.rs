@@ -8,11 +8,20 @@ use prometheus::{
     TextEncoder,
 };
 
-/// Latency buckets from 100 µs to 30 s.
+/// Latency buckets from 100 µs to 10 min: a ViT-L/H upload on a CPU or a streamed
+/// segment-everything run takes minutes, and a top bucket below them would hide them all
+/// in `+Inf`.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0,
+    5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
+
+/// The commit the binary was built from, when the build set `SAMSERVE_GIT_COMMIT` (the
+/// Dockerfiles pass it as a build argument); `unknown` otherwise.
+pub const GIT_COMMIT: &str = match option_env!("SAMSERVE_GIT_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
 
 /// The metrics registry and handles.
 pub struct Metrics {
@@ -73,6 +82,8 @@ pub struct Metrics {
     pub text_candidates_seconds: HistogramVec,
     /// Shared embedding store (`--embedding-store`) handles.
     pub store: StoreMetrics,
+    /// One sample per loaded model (value 1) naming its family and precision.
+    pub model_info: IntGaugeVec,
 }
 
 /// Metrics of the shared embedding store.
@@ -121,7 +132,38 @@ impl Metrics {
                 .expect("unique metric");
             g
         };
+        // The process itself: CPU seconds, resident and virtual memory, open and maximum
+        // file descriptors, threads, start time (the standard `process_*` names).
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        gauge_vec(
+            "samserve_build_info",
+            "The running build (value 1): version, git commit, cargo features.",
+            &["version", "commit", "features"],
+        )
+        .with_label_values(&[
+            env!("CARGO_PKG_VERSION"),
+            GIT_COMMIT,
+            if cfg!(feature = "cuda") { "cuda" } else { "" },
+        ])
+        .set(1);
         Metrics {
+            model_info: gauge_vec(
+                "samserve_model_info",
+                "Loaded models (value 1): name, family, weight precision, and whether it is the default.",
+                &["model", "family", "precision", "default"],
+            ),
             http_requests_total: counter(
                 "samserve_http_requests_total",
                 "HTTP requests by route, method and status code.",

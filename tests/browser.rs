@@ -123,3 +123,52 @@ async fn page_works_in_chromium() {
     );
     assert!(out.join("page.png").exists(), "no screenshot");
 }
+
+/// `/docs` in Chromium with every request outside the server blocked: Swagger UI renders the
+/// document, and try-it-out calls the running server (a plain GET and one with a path
+/// parameter). tests/browser/docs.test.mjs does the clicking; it saves target/browser/docs.png.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docs_work_offline_with_try_it_out_in_chromium() {
+    if !toolchain_ready() {
+        return;
+    }
+    let s = common::TestServer::default().await;
+    let png = common::synthetic_png(96, 64, 4);
+    let image_id = s.upload(&png).await["image_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = common::repo().join("target/browser");
+    let _ = std::fs::remove_file(out.join("docs.png"));
+    let script = common::repo().join("tests/browser/docs.test.mjs");
+    let base = s.base.clone();
+    let out2 = out.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script)
+            .args(["--base", &base, "--image-id", &image_id])
+            .arg("--out")
+            .arg(&out2)
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    eprintln!("{stdout}{stderr}");
+    assert!(
+        result.status.success(),
+        "docs browser test failed:\n{stdout}\n{stderr}"
+    );
+    assert!(out.join("docs.png").exists(), "no screenshot");
+    // Try-it-out reached the server: the calls are in its own request counter.
+    assert!(
+        s.metric(
+            "samserve_http_requests_total",
+            "method=\"GET\",route=\"/v1/images/{image_id}\",status=\"200\""
+        )
+        .await
+            >= 1.0
+    );
+}

@@ -133,31 +133,77 @@ def grad_norm(ps):
     return float(torch.stack(g).norm()) if g else 0.0
 
 
-class DenseAux(torch.nn.Module):
-    """Dense auxiliary loss on the image embedding, from the scene's instance map (owner ids,
-    parts as their own ids): a boundary map at 4x the grid (pixel_shuffle of a 1x1 conv), so
-    the embedding of each cell must say where inside it instance boundaries run. Training
-    only: not part of the exported model."""
+def boundary_map(owner, res):
+    """1 where the instance map (owner ids, parts as their own ids) changes between 4-neighbours,
+    max-pooled to res x res."""
+    o = owner.long()
+    edge = torch.zeros_like(o, dtype=torch.bool)
+    dy = o[:, 1:, :] != o[:, :-1, :]
+    dx = o[:, :, 1:] != o[:, :, :-1]
+    edge[:, 1:, :] |= dy
+    edge[:, :-1, :] |= dy
+    edge[:, :, 1:] |= dx
+    edge[:, :, :-1] |= dx
+    return F.adaptive_max_pool2d(edge[:, None].float(), res)[:, 0]
 
-    def __init__(self, c: int, up: int = 4) -> None:
+
+class DenseAux(torch.nn.Module):
+    """Dense auxiliary losses on the image embedding from the scene's instance map, so every
+    pixel of every image teaches the encoder (the prompt losses reach it only through the
+    decoder). Training only: not part of the exported model. The embedding [N,C,g,g] goes
+    through a 1x1 head and pixel_shuffle to 4g x 4g (so each cell must say what happens
+    inside it):
+    * boundary: a balanced BCE on instance boundaries;
+    * embed: a discriminative pixel-embedding loss (De Brabandere et al. 2017): pixels pulled
+      to their instance's mean within delta_v, instance means pushed apart beyond 2 delta_d."""
+
+    def __init__(self, c: int, mode: str = "boundary", up: int = 4, dim: int = 8) -> None:
         super().__init__()
-        self.up = up
+        self.up, self.mode, self.dim = up, mode, dim
+        out = (1 if mode in ("boundary", "both") else 0) + (dim if mode in ("embed", "both") else 0)
         self.head = torch.nn.Sequential(
-            torch.nn.Conv2d(c, c, 1), torch.nn.GELU(), torch.nn.Conv2d(c, up * up, 1))
+            torch.nn.Conv2d(c, c, 1), torch.nn.GELU(), torch.nn.Conv2d(c, out * up * up, 1))
 
     def loss(self, emb, owner):
-        logits = F.pixel_shuffle(self.head(emb), self.up)[:, 0].float()  # [N, 4g, 4g]
-        res = logits.shape[-1]
-        o = owner.long()
-        edge = torch.zeros_like(o, dtype=torch.bool)
-        edge[:, 1:, :] |= o[:, 1:, :] != o[:, :-1, :]
-        edge[:, :-1, :] |= o[:, 1:, :] != o[:, :-1, :]
-        edge[:, :, 1:] |= o[:, :, 1:] != o[:, :, :-1]
-        edge[:, :, :-1] |= o[:, :, 1:] != o[:, :, :-1]
-        tgt = F.adaptive_max_pool2d(edge[:, None].float(), res)[:, 0]
-        pos = tgt.mean().clamp(min=1e-3)
-        w = torch.where(tgt > 0, 0.5 / pos, 0.5 / (1 - pos))
-        return (F.binary_cross_entropy_with_logits(logits, tgt, reduction="none") * w).mean()
+        y = F.pixel_shuffle(self.head(emb), self.up).float()  # [N, out, 4g, 4g]
+        res = y.shape[-1]
+        total = 0.0
+        k = 0
+        if self.mode in ("boundary", "both"):
+            tgt = boundary_map(owner, res)
+            pos = tgt.mean().clamp(min=1e-3)
+            w = torch.where(tgt > 0, 0.5 / pos, 0.5 / (1 - pos))
+            total = total + (F.binary_cross_entropy_with_logits(y[:, 0], tgt, reduction="none") * w).mean()
+            k = 1
+        if self.mode in ("embed", "both"):
+            own = F.interpolate(owner[:, None].float(), size=(res, res), mode="nearest")[:, 0].long()
+            total = total + discriminative_loss(y[:, k:k + self.dim], own)
+        return total
+
+
+def discriminative_loss(e, own, delta_v: float = 0.5, delta_d: float = 1.5, max_inst: int = 48):
+    """e [N,D,h,w], own [N,h,w] instance ids (0 = background, treated as an instance too)."""
+    losses = []
+    for n in range(e.shape[0]):
+        ids = torch.unique(own[n])
+        if len(ids) > max_inst:
+            ids = ids[torch.randperm(len(ids))[:max_inst]]
+        x = e[n].flatten(1).t()  # [hw, D]
+        lab = own[n].flatten()
+        mus, pull = [], []
+        for i in ids:
+            m = lab == i
+            xi = x[m]
+            mu = xi.mean(0)
+            mus.append(mu)
+            pull.append(F.relu((xi - mu).norm(dim=1) - delta_v).pow(2).mean())
+        mu = torch.stack(mus)
+        d = torch.cdist(mu, mu)
+        off = ~torch.eye(len(mus), dtype=torch.bool, device=e.device)
+        push = F.relu(2 * delta_d - d[off]).pow(2).mean() if len(mus) > 1 else d.sum() * 0
+        reg = mu.norm(dim=1).mean() * 1e-3
+        losses.append(torch.stack(pull).mean() + push + reg)
+    return torch.stack(losses).mean()
 
 
 def contact_sheet(path, raw, objs, pred, res, L, n=24):
@@ -193,10 +239,10 @@ def overfit(args):
     L = sam.image_encoder.img_size
     res = L // 2
     imgs, objs, raw, owners = fixed_scenes(args.scenes, L, args.min_area)
-    aux = DenseAux(sam.prompt_encoder.embed_dim) if args.aux > 0 else None
+    aux = DenseAux(sam.prompt_encoder.embed_dim, args.aux_mode) if args.aux > 0 else None
     print(f"{args.scenes} scenes, {len(objs)} objects (area >= {args.min_area})", flush=True)
     params = list(sam.parameters()) + (list(aux.parameters()) if aux is not None else [])
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.1)
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, args.beta2), weight_decay=0.1)
     amp = args.amp == "bf16"
     sam.train()
     t0 = time.time()
@@ -262,7 +308,9 @@ def main(argv=None):
     o.add_argument("--focal-alpha", type=float, default=0.25)
     o.add_argument("--amp", choices=["bf16", "off"], default="bf16", help="bfloat16 autocast")
     o.add_argument("--warmup-steps", type=int, default=0)
-    o.add_argument("--aux", type=float, default=0.0, help="weight of the dense boundary loss (DenseAux)")
+    o.add_argument("--beta2", type=float, default=0.999, help="AdamW's second-moment decay")
+    o.add_argument("--aux", type=float, default=0.0, help="weight of the dense auxiliary loss (DenseAux)")
+    o.add_argument("--aux-mode", choices=["boundary", "embed", "both"], default="boundary")
     o.add_argument("--grad-every", type=int, default=0, help="print gradient norms per part every N steps")
     o.add_argument("--seed", type=int, default=0, help="numpy seed of the batch draws")
     args = ap.parse_args(argv)

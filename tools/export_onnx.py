@@ -180,7 +180,10 @@ def main(argv=None):
         "pixel_mean": PIXEL_MEAN,
         "pixel_std": PIXEL_STD,
         "description": args.description or (
-            f"SAM {kind}. Encoder input 'image' float32 [1,3,{L},{L}] normalized+padded; decoder has the "
+            ("Demo model for synthetic scenes (trained on the procedural data engine), not for "
+             "photographs: for those serve a real SAM checkpoint (make model MODEL=vit_b). "
+             if args.default else "")
+            + f"SAM {kind}. Encoder input 'image' float32 [1,3,{L},{L}] normalized+padded; decoder has the "
             "official SAM ONNX signature with dynamic prompt batch."
             + (" Decoder dynamically quantized to int8." if args.quantize_decoder else "")
         ),

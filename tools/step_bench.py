@@ -62,6 +62,7 @@ def _loss(sam, pdec, batch, args, channels_last):
 
 PRECISIONS = {
     "float32": dict(amp=False, channels_last=False),
+    "float32 + channels_last": dict(amp=False, channels_last=True),
     "bfloat16 autocast": dict(amp=True, channels_last=False),
     "bfloat16 + channels_last": dict(amp=True, channels_last=True),
 }
@@ -84,6 +85,7 @@ def main():
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--only", help="comma-separated variant names to run (default: all)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -97,6 +99,9 @@ def main():
         variants = {n: (r, {}) for n, r in RECIPES.items()}
     else:
         variants = {n: (default, p) for n, p in PRECISIONS.items()}
+    if a.only:
+        keep = [x.strip() for x in a.only.split(",")]
+        variants = {n: v for n, v in variants.items() if n in keep}
     batches = {n: batch_for(sam, r["targets"], a.batch) for n, (r, _) in variants.items()}
     times = {n: [] for n in variants}
     for rep in range(a.reps + 1):

@@ -28,8 +28,9 @@ pub struct ExposureConfig {
     #[arg(long, env = "SAMSERVE_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_timeout_ms: u64,
 
-    /// Milliseconds an open connection may stay without any byte read or written before it
-    /// is closed (idle keep-alive connections, stalled bodies; 0 = none).
+    /// Accepted but not enforced in this version: idle keep-alive connections are closed by
+    /// --header-timeout-ms (its clock restarts after each response) and stalled bodies by
+    /// --request-timeout-ms.
     #[arg(long, env = "SAMSERVE_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
 

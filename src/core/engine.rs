@@ -460,6 +460,21 @@ impl Engine {
             Some(n) => anyhow::bail!("--default-model '{n}' is not among the loaded models"),
             None => files[0].manifest.name.clone(),
         };
+        for m in models.values() {
+            metrics
+                .model_info
+                .with_label_values(&[
+                    m.spec.name.as_str(),
+                    m.spec.family.as_str(),
+                    m.spec.precision.as_str(),
+                    if m.spec.name == default_model {
+                        "true"
+                    } else {
+                        "false"
+                    },
+                ])
+                .set(1);
+        }
         let idle =
             (config.cache_idle_secs > 0).then(|| Duration::from_secs(config.cache_idle_secs));
         let engine = Engine {
@@ -646,10 +661,20 @@ impl Engine {
             }
             None => self.cache.get(&key).await,
         };
-        found.ok_or_else(|| ApiError::NotFound {
-            what: "image",
+        found.ok_or_else(|| ApiError::ImageNotCached {
             id: image_id.to_string(),
+            model: handle.spec.name.clone(),
         })
+    }
+
+    /// Whether the shared store holds this image's embedding for `model`: `None` without
+    /// a store or when it does not answer.
+    pub async fn store_contains(&self, model: Option<&str>, image_id: &str) -> Option<bool> {
+        let handle = self.model(model).ok()?;
+        self.store
+            .as_ref()?
+            .contains(&handle.store_tag, image_id)
+            .await
     }
 
     /// The uploaded file of an image, while the image store holds it.

@@ -9,6 +9,7 @@ pub mod everything;
 pub mod lenient;
 pub mod mask_store;
 pub mod masks;
+pub mod prewarm;
 pub mod prompts;
 pub mod store;
 pub mod text_search;

@@ -9,8 +9,11 @@ use super::mask_store::MaskStore;
 use crate::error::ApiError;
 use crate::runtime::model::{DecoderPrompt, Embedding, ModelSpec};
 
-/// A click in original-image pixel coordinates.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+/// A click in original-image pixel coordinates: always an object
+/// `{"x": 230, "y": 256, "label": 1}` (an array such as `[230, 256]` is refused with a
+/// message naming this form).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+// For the schema (the reading is `PointFields`): no other keys, `label` optional.
 #[serde(deny_unknown_fields)]
 pub struct Point {
     /// X in pixels, `0 <= x <= width`.
@@ -18,13 +21,48 @@ pub struct Point {
     /// Y in pixels, `0 <= y <= height`.
     pub y: f64,
     /// 1 = foreground, 0 = background.
-    #[serde(default = "default_label", deserialize_with = "super::lenient::i64")]
+    #[serde(default = "default_label")]
     #[schema(minimum = 0, maximum = 1, default = 1)]
     pub label: i64,
 }
 
+/// The fields of a point object, as read from JSON.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PointFields {
+    x: f64,
+    y: f64,
+    #[serde(default = "default_label", deserialize_with = "super::lenient::i64")]
+    label: i64,
+}
+
 fn default_label() -> i64 {
     1
+}
+
+/// What a point must look like, for error messages.
+pub const POINT_FORM: &str = r#"a point object like {"x": 230, "y": 256, "label": 1}"#;
+
+impl<'de> Deserialize<'de> for Point {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Point;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(POINT_FORM)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Point, A::Error> {
+                let p =
+                    PointFields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Point {
+                    x: p.x,
+                    y: p.y,
+                    label: p.label,
+                })
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
 /// One prompt: any combination of clicks, one box and an earlier mask.

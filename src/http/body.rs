@@ -85,7 +85,10 @@ pub async fn read_payload(req: Request, limit: usize) -> Result<Payload, ApiErro
             Ok(Payload::Image(read_limited(req.into_body(), limit).await?))
         }
         Some(m) if m.starts_with("image/") => {
-            Ok(Payload::Image(read_limited(req.into_body(), limit).await?))
+            let m = m.to_string();
+            let bytes = read_limited(req.into_body(), limit).await?;
+            check_declared_image(&m, "the body", &bytes)?;
+            Ok(Payload::Image(bytes))
         }
         Some(other) => Err(ApiError::UnsupportedMediaType(format!(
             "Content-Type '{other}' is not accepted; send image bytes (image/* or \
@@ -107,9 +110,21 @@ async fn read_multipart(req: Request) -> Result<Payload, ApiError> {
             Err(e) => return Err(multipart_error(e)),
         };
         let name = field.name().unwrap_or("").to_string();
+        let part_type = field.content_type().map(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
         let data = field.bytes().await.map_err(multipart_error)?;
         match name.as_str() {
-            "image" | "file" => image = Some(data),
+            "image" | "file" => {
+                if let Some(t) = &part_type {
+                    check_declared_image(t, &format!("multipart part '{name}'"), &data)?;
+                }
+                image = Some(data)
+            }
             // An empty `request` part is no request (form encoders send empty fields).
             "request" => request = (!data.trim_ascii().is_empty()).then_some(data),
             other => {
@@ -135,10 +150,48 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     }
 }
 
+/// Checks image bytes against the media type they were sent as. Bytes declared as a
+/// supported image type (`image/png`, ...) that are not such an image are a corrupt image
+/// (400 `invalid_image`); bytes of another declared type that are no image either (a text
+/// file picked by mistake) get a 415 that names the type. Bytes that are an image pass
+/// whatever they were labelled; the format is always sniffed from the bytes.
+fn check_declared_image(media_type: &str, what: &str, bytes: &[u8]) -> Result<(), ApiError> {
+    use crate::runtime::preprocess::{is_supported_image, is_supported_image_type};
+    if bytes.is_empty() || is_supported_image(bytes) {
+        // Empty bodies get their own message from the decoder.
+        return Ok(());
+    }
+    if is_supported_image_type(media_type) {
+        Err(ApiError::InvalidImage(format!(
+            "{what} is declared {media_type} but is not a readable image: its first bytes \
+             match no supported format (the file is corrupt or not an image)"
+        )))
+    } else if media_type.starts_with("image/")
+        || media_type == "application/octet-stream"
+        || media_type == "application/x-www-form-urlencoded"
+    {
+        // Sniffed later, with the list of supported formats in the message.
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "{what} is {media_type}, not an image (supported: {})",
+            crate::runtime::preprocess::SUPPORTED_FORMATS
+        )))
+    }
+}
+
 /// Parses JSON, turning bare `NaN`/`Infinity` (which some encoders emit) into a precise 422
 /// instead of a generic parse error.
+///
+/// Other errors name where in the document they are (`at prompts[0].points[0]`) and never
+/// the server's Rust type names.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| (e.path().to_string(), e.into_inner()))
+        // Trailing characters after the document.
+        .and_then(|v| de.end().map(|()| v).map_err(|e| (String::new(), e)));
+    parsed.map_err(|(path, e)| {
         if has_non_finite_literal(bytes) {
             ApiError::InvalidPrompt(
                 "request contains a non-finite number (NaN or Infinity); coordinates must be \
@@ -146,9 +199,66 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                     .into(),
             )
         } else {
-            ApiError::BadRequest(format!("invalid JSON body: {e}"))
+            let message = public_serde_message(&e.to_string());
+            if path.is_empty() || path == "." {
+                ApiError::BadRequest(format!("invalid JSON body: {message}"))
+            } else {
+                ApiError::BadRequest(format!("invalid JSON body at {path}: {message}"))
+            }
         }
     })
+}
+
+/// A serde message without the server's type names: `struct Prompt` and `struct Point with
+/// 3 elements` become `an object`, `enum X` becomes `one of the documented values`.
+fn public_serde_message(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    loop {
+        let next = ["struct ", "enum "]
+            .iter()
+            .filter_map(|w| rest.find(w).map(|i| (i, *w)))
+            .min();
+        let Some((i, word)) = next else {
+            out.push_str(rest);
+            return out;
+        };
+        let name_start = i + word.len();
+        let name_len = rest[name_start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len() - name_start);
+        let is_type = rest[name_start..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_uppercase());
+        if !is_type {
+            out.push_str(&rest[..name_start]);
+            rest = &rest[name_start..];
+            continue;
+        }
+        out.push_str(&rest[..i]);
+        let mut after = &rest[name_start + name_len..];
+        if word == "struct " {
+            out.push_str("an object");
+            // serde's "with N elements" describes the array form of a struct.
+            if let Some(tail) = after.strip_prefix(" with ") {
+                let digits = tail
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(tail.len());
+                if digits > 0 {
+                    if let Some(t) = tail[digits..]
+                        .strip_prefix(" elements")
+                        .or_else(|| tail[digits..].strip_prefix(" element"))
+                    {
+                        after = t;
+                    }
+                }
+            }
+        } else {
+            out.push_str("one of the documented values");
+        }
+        rest = after;
+    }
 }
 
 /// Whether the text has `NaN` or `Infinity` outside of strings.
@@ -193,6 +303,53 @@ pub fn decode_base64_image(s: &str) -> Result<Bytes, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serde_messages_lose_type_names() {
+        assert_eq!(
+            public_serde_message(
+                "invalid length 1, expected struct Point with 3 elements at line 1"
+            ),
+            "invalid length 1, expected an object at line 1"
+        );
+        assert_eq!(
+            public_serde_message("invalid type: integer `1`, expected struct Prompt"),
+            "invalid type: integer `1`, expected an object"
+        );
+        assert_eq!(
+            public_serde_message("expected enum OutputFormat"),
+            "expected one of the documented values"
+        );
+        assert_eq!(
+            public_serde_message("unknown field `structure`, expected `x`"),
+            "unknown field `structure`, expected `x`"
+        );
+    }
+
+    #[test]
+    fn json_errors_say_where() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Body {
+            prompts: Vec<crate::core::prompts::Prompt>,
+        }
+        let e = parse_json::<Body>(br#"{"prompts": [{"points": [[230]]}]}"#).unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("at prompts[0].points[0]"), "{m}");
+        assert!(m.contains(r#"{"x": 230, "y": 256, "label": 1}"#), "{m}");
+        assert!(!m.contains("struct") && !m.contains("Point"), "{m}");
+        // The array form is refused too, not read silently.
+        assert!(parse_json::<Body>(br#"{"prompts": [{"points": [[230, 256]]}]}"#).is_err());
+        let ok = parse_json::<Body>(br#"{"prompts": [{"points": [{"x": 1, "y": 2.5}]}]}"#).unwrap();
+        assert_eq!(
+            (ok.prompts[0].points[0].y, ok.prompts[0].points[0].label),
+            (2.5, 1)
+        );
+        let e = parse_json::<Body>(br#"{"prompts": [{"points": [{"x": 1, "y": 2, "z": 3}]}]}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown field `z`"), "{e}");
+        assert!(parse_json::<Body>(br#"{"prompts": []} x"#).is_err());
+    }
 
     #[test]
     fn finds_nan_outside_strings_only() {

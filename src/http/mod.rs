@@ -13,6 +13,7 @@ pub mod openapi_rules;
 pub mod page;
 pub mod serve;
 pub mod system;
+pub mod timing;
 pub mod types;
 
 use std::sync::{Arc, OnceLock};
@@ -120,6 +121,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(system::metrics))
         .route("/openapi.json", get(system::openapi_json))
         .route("/docs", get(system::docs))
+        .route("/docs/assets/{file}", get(system::docs_asset))
+        .route("/favicon.ico", get(system::favicon))
         .route("/v1/images/{image_id}/embedding", get(downloads::embedding))
         .route(
             "/v1/models/{name}/decoder.onnx",
@@ -182,8 +185,8 @@ async fn method_not_allowed(req: Request) -> Response {
     (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
 }
 
-/// Counts requests and records latency by matched route, method and status; applies the
-/// request deadline. A request past its deadline is answered 504 and its future dropped,
+/// Counts requests and records latency (to the response's last byte) by matched route,
+/// method and status; applies the request deadline. A request past its deadline is answered 504 and its future dropped,
 /// which also drops its queued model jobs before they run.
 async fn track_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req
@@ -194,15 +197,9 @@ async fn track_metrics(State(state): State<AppState>, req: Request, next: Next) 
     let method = req.method().to_string();
     let start = Instant::now();
     let m = &state.metrics;
-    // A guard, because a client that disconnects drops this future midway.
-    struct InFlight(prometheus::IntGauge);
-    impl Drop for InFlight {
-        fn drop(&mut self) {
-            self.0.dec();
-        }
-    }
-    m.in_flight_requests.inc();
-    let _in_flight = InFlight(m.in_flight_requests.clone());
+    // A guard, because a client that disconnects drops this future midway; it moves into
+    // the response body, which holds it until the last byte.
+    let in_flight = timing::InFlight::enter(&m.in_flight_requests);
     let resp = match state.request_timeout {
         Some(limit) => match tokio::time::timeout(limit, next.run(req)).await {
             Ok(resp) => resp,
@@ -213,11 +210,15 @@ async fn track_metrics(State(state): State<AppState>, req: Request, next: Next) 
         },
         None => next.run(req).await,
     };
-    m.http_request_duration_seconds
-        .with_label_values(&[&route, &method])
-        .observe(start.elapsed().as_secs_f64());
     m.http_requests_total
         .with_label_values(&[&route, &method, resp.status().as_str()])
         .inc();
-    resp
+    // Streamed bodies end long after the head: time the request to its last byte.
+    timing::observe_at_last_byte(
+        resp,
+        m.http_request_duration_seconds
+            .with_label_values(&[&route, &method]),
+        start,
+        in_flight,
+    )
 }

@@ -46,11 +46,13 @@ pub struct ApiDoc;
 
 /// Routes served without an API key (see `guard::Guard::is_open_route`). The page and its
 /// assets are open too: the page itself sends the key its user types in with every API call.
-pub const OPEN_ROUTES: [&str; 8] = [
+pub const OPEN_ROUTES: [&str; 10] = [
     "/healthz",
     "/readyz",
     "/openapi.json",
     "/docs",
+    "/docs/assets/{file}",
+    "/favicon.ico",
     "/",
     "/page/app.js",
     "/page/style.css",

@@ -1,8 +1,9 @@
 //! Operational routes: models, health, readiness, metrics, OpenAPI and the docs page.
 
-use axum::extract::State;
+use axum::body::Body;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse};
+use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 
 use super::types::{Health, ModelInfo, ModelList, TextModelInfo};
@@ -100,7 +101,72 @@ pub async fn openapi_json() -> impl IntoResponse {
     )
 }
 
-/// A self-contained API reference page rendered from `/openapi.json` (no external assets).
+/// The interactive API reference (Swagger UI on `/openapi.json`, with try-it-out). Its
+/// assets come from the `swagger-ui-dist` crate, compiled into the binary: no network at
+/// run time.
 pub async fn docs() -> Html<&'static str> {
-    Html(include_str!("docs.html"))
+    Html(include_str!("docs/index.html"))
+}
+
+/// The Swagger UI assets of [`docs`] and its start script.
+pub async fn docs_asset(Path(file): Path<String>) -> Response {
+    use std::sync::LazyLock;
+    use tower::ServiceExt;
+    static UI: LazyLock<axum::Router> = LazyLock::new(|| {
+        swagger_ui_dist::generate_routes(swagger_ui_dist::ApiDefinition {
+            uri_prefix: "/ui",
+            api_definition: swagger_ui_dist::OpenApiSource::Uri("/openapi.json"),
+            title: Some("samserve API"),
+        })
+    });
+    let cached = |content_type: &'static str, body: Body| {
+        (
+            [
+                (header::CONTENT_TYPE, content_type),
+                // The assets change only with the binary.
+                (header::CACHE_CONTROL, "public, max-age=3600"),
+            ],
+            body,
+        )
+            .into_response()
+    };
+    match file.as_str() {
+        "init.js" => cached(
+            "text/javascript; charset=utf-8",
+            Body::from(include_str!("docs/init.js")),
+        ),
+        "swagger-ui.css" | "swagger-ui-bundle.js" => {
+            let req = axum::http::Request::get(format!("/ui/{file}"))
+                .body(Body::empty())
+                .expect("valid request");
+            match UI.clone().oneshot(req).await {
+                Ok(r) if r.status().is_success() => {
+                    let ct = if file.ends_with(".css") {
+                        "text/css; charset=utf-8"
+                    } else {
+                        "text/javascript; charset=utf-8"
+                    };
+                    cached(ct, r.into_body())
+                }
+                _ => ApiError::internal(format!("swagger-ui asset {file} missing")).into_response(),
+            }
+        }
+        _ => ApiError::NotFound {
+            what: "docs asset",
+            id: file,
+        }
+        .into_response(),
+    }
+}
+
+/// The site icon (also linked by the page and the docs).
+pub async fn favicon() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "image/x-icon"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        &include_bytes!("page/favicon.ico")[..],
+    )
+        .into_response()
 }

@@ -31,6 +31,34 @@ fn format_name(f: ImageFormat) -> Option<&'static str> {
     })
 }
 
+/// Whether the bytes start like an image of a supported format (the format is sniffed from
+/// the bytes, as decoding does; nothing is decoded).
+pub fn is_supported_image(bytes: &[u8]) -> bool {
+    image::guess_format(bytes)
+        .ok()
+        .and_then(format_name)
+        .is_some()
+}
+
+/// Whether a media type (lowercase, without parameters) names a format the server decodes.
+pub fn is_supported_image_type(media_type: &str) -> bool {
+    matches!(
+        media_type,
+        "image/png"
+            | "image/apng"
+            | "image/jpeg"
+            | "image/jpg"
+            | "image/pjpeg"
+            | "image/gif"
+            | "image/webp"
+            | "image/bmp"
+            | "image/x-bmp"
+            | "image/x-ms-bmp"
+            | "image/tiff"
+            | "image/tif"
+    )
+}
+
 /// Decodes image bytes with only a pixel limit; see [`decode_image_with`].
 pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, ApiError> {
     decode_image_with(bytes, &DecodeLimits::pixels_only(max_pixels))

@@ -70,6 +70,39 @@ function bboxOf(m, w, h) {
   return [x0, y0, x1 + 1, y1 + 1];
 }
 
+// CRC-32 as zip defines it (the test's own, independent of the page's).
+function crc32(buf) {
+  let c = ~0;
+  for (const b of buf) {
+    c ^= b;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0xedb88320 : c >>> 1;
+  }
+  return ~c >>> 0;
+}
+
+// The entries of a zip file of stored (uncompressed) entries, from its central directory.
+function readZip(buf) {
+  const eocd = buf.lastIndexOf(Buffer.from([0x50, 0x4b, 0x05, 0x06]));
+  check(eocd >= 0, "zip: no end of central directory");
+  const n = buf.readUInt16LE(eocd + 10);
+  let p = buf.readUInt32LE(eocd + 16);
+  const out = [];
+  for (let i = 0; i < n; i++) {
+    check(buf.readUInt32LE(p) === 0x02014b50, "zip: bad central directory entry");
+    const method = buf.readUInt16LE(p + 10), crc = buf.readUInt32LE(p + 16), size = buf.readUInt32LE(p + 20);
+    const nameLen = buf.readUInt16LE(p + 28), extra = buf.readUInt16LE(p + 30), comment = buf.readUInt16LE(p + 32);
+    const local = buf.readUInt32LE(p + 42);
+    const name = buf.subarray(p + 46, p + 46 + nameLen).toString();
+    check(buf.readUInt32LE(local) === 0x04034b50, `zip: no local header for ${name}`);
+    const start = local + 30 + buf.readUInt16LE(local + 26) + buf.readUInt16LE(local + 28);
+    const data = buf.subarray(start, start + size);
+    check(method === 0 && crc32(data) === crc, `zip: ${name}: method ${method}, CRC mismatch`);
+    out.push({ name, data });
+    p += 46 + nameLen + extra + comment;
+  }
+  return out;
+}
+
 function median(v) {
   const s = [...v].sort((a, b) => a - b);
   const n = s.length;
@@ -115,6 +148,8 @@ async function main() {
     await page.waitForFunction(() => window.samserve && window.samserve.ready, null, { timeout: 30000 });
     check(consoleErrors.length === 0, `console errors on load: ${consoleErrors.join(" | ")}`);
     check(await page.locator("#text-prompt-row").isVisible(), "text prompt box hidden although the default model has a text model");
+    const note = await page.locator("#model-note").innerText();
+    check(/demo model for synthetic scenes/i.test(note) && /make model/.test(note), `model note: ${note}`);
 
     const doc = JSON.parse(fs.readFileSync(path.join(FIX, "objects.json"), "utf8"));
     const ui = page.locator("#ui-layer");
@@ -185,6 +220,8 @@ async function main() {
         await clear();
         await click(scene, o.centre[0], o.centre[1]);
         const n = await page.evaluate(() => window.samserve.state.current.masks.length);
+        const chips = await page.locator("#candidates").innerText();
+        check(chips.includes("score") && !chips.includes("IoU"), `click chips say: ${chips}`);
         const perMask = [];
         for (let i = 0; i < n; i++) {
           perMask.push(iou(await layerMask(page, "mask-layer"), truth));
@@ -209,6 +246,10 @@ async function main() {
         `text prompt "${phrase}" drew ${cur.masks.length} masks: ${JSON.stringify(cur.masks[0] || {}).slice(0, 200)}`);
       check((await layerMask(page, "mask-layer")).some((v) => v), "text prompt: no mask on the canvas");
       check((await counters()).errors === errors, "text prompt: the page reported an error");
+      const status = await page.locator("#status").innerText();
+      check(status.includes(`for "${phrase}"`), `status line after the text search: ${status}`);
+      const chips = await page.locator("#candidates").innerText();
+      check(/text \d\.\d{3}/.test(chips) && chips.includes("score"), `text chips: ${chips}`);
       await clear();
     }
     const fmt = (v) => v.toFixed(3);
@@ -274,6 +315,39 @@ async function main() {
     }
     results.coco = cocoPath;
 
+    // The PNG masks come as one zip: one black-and-white PNG per kept object, each equal
+    // (pixel for pixel, decoded by Chromium) to the object's mask.
+    {
+      const [dl] = await Promise.all([page.waitForEvent("download"), page.click("#export-png")]);
+      check(dl.suggestedFilename().endsWith("-masks.zip"), `zip name ${dl.suggestedFilename()}`);
+      const zipPath = path.join(OUT, "masks.zip");
+      await dl.saveAs(zipPath);
+      const entries = readZip(fs.readFileSync(zipPath));
+      const keptNow = await page.evaluate(() => window.samserve.state.kept.map((o) => ({ id: o.id, rle: o.rle })));
+      check(entries.length === keptNow.length, `zip holds ${entries.length} files for ${keptNow.length} objects`);
+      for (const [k, e] of entries.entries()) {
+        check(e.name.endsWith(`-object-${keptNow[k].id}.png`), `zip entry ${e.name}`);
+        const white = await page.evaluate(async (b64) => {
+          const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+          const bmp = await createImageBitmap(new Blob([bytes], { type: "image/png" }));
+          const c = document.createElement("canvas");
+          c.width = bmp.width; c.height = bmp.height;
+          const ctx = c.getContext("2d");
+          ctx.drawImage(bmp, 0, 0);
+          const d = ctx.getImageData(0, 0, c.width, c.height).data;
+          let s = "";
+          for (let i = 0; i < d.length; i += 4) s += d[i] > 127 ? "1" : "0";
+          return s;
+        }, e.data.toString("base64"));
+        const truth = decodeRle(keptNow[k].rle);
+        check(white.length === truth.length && [...truth].every((v, i) => (white[i] === "1") === (v === 1)),
+          `${e.name} differs from object ${keptNow[k].id}'s mask`);
+      }
+      console.log(`PNG masks: one zip, ${entries.length} PNGs equal to the kept masks`);
+      // Clicking the export buttons scrolled the page: back to the image for the pointer.
+      await page.evaluate(() => window.scrollTo(0, 0));
+    }
+
     // 4. Segment everything with the NDJSON stream: progress bar to the end, masks drawn.
     // Lenient thresholds (the default model's IoU predictions are low; at the reference
     // 0.88 / 0.95 it keeps no mask), 16 points per side to keep the test short.
@@ -290,6 +364,13 @@ async function main() {
         rles: e.masks.map((m) => m.segmentation) };
     });
     check(ev.done && ev.bar === ev.max, `progress bar at ${ev.bar} of ${ev.max}`);
+    {
+      // The call log times the streamed call to its last line, as the page's own clock does.
+      const call = await page.evaluate(() => window.samserve.stats.calls.filter((c) => c.tag === "everything").pop());
+      const shown = await page.locator("#everything-info").innerText();
+      const seconds = Number(/in ([0-9.]+) s/.exec(shown)[1]);
+      check(call.ms / 1000 >= 0.9 * seconds, `call log says ${call.ms.toFixed(1)} ms for a ${seconds} s run`);
+    }
     check(ev.n >= 1, "segment everything drew no mask");
     const union = new Uint8Array(scene.width * scene.height);
     for (const r of ev.rles) decodeRle(r).forEach((v, i) => { union[i] |= v; });
@@ -335,6 +416,18 @@ async function main() {
     await page.mouse.move(sx, sy);
     await page.waitForFunction((n) => window.samserve.counters.hoverDrawn > n, hv, { timeout: 30000 });
     await page.screenshot({ path: path.join(OUT, "page.png") });
+
+    // A text file picked by mistake: a clear message, nothing uploaded.
+    {
+      const uploads = (await counters()).uploads;
+      const calls = (await page.evaluate(() => window.samserve.stats.calls.length));
+      await page.setInputFiles("#file-input-2", { name: "notes.txt", mimeType: "text/plain", buffer: Buffer.from("labels\n") });
+      await page.waitForFunction(() => /notes\.txt is not an image/.test(document.getElementById("status").textContent), null, { timeout: 10000 });
+      check((await counters()).uploads === uploads, "a text file was uploaded");
+      check((await page.evaluate(() => window.samserve.stats.calls.length)) === calls, "a text file reached the server");
+      // The image and its objects stay.
+      check((await page.evaluate(() => window.samserve.state.kept.length)) > 0, "objects lost");
+    }
 
     // Nothing left the loopback server.
     const foreign = requests.filter((u) => !u.startsWith(BASE) && !u.startsWith("data:") && !u.startsWith("blob:"));

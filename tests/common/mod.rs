@@ -3,6 +3,7 @@
 
 pub mod child;
 pub mod parity_cases;
+pub mod redis;
 pub mod vectors;
 
 use std::path::PathBuf;

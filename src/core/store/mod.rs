@@ -247,6 +247,14 @@ impl SharedStore {
         c.with_label_values(&[&tag.name]).inc();
     }
 
+    /// Whether the store holds an embedding of the image for this model build; `None` when
+    /// the store could not answer. (The value itself is not read or checked: a prewarm run
+    /// uses this to skip images, and a bad value is re-encoded on first use anyway.)
+    pub async fn contains(&self, tag: &ModelTag, image_id: &str) -> Option<bool> {
+        let key = Self::value_key(tag, image_id);
+        self.call("exists", self.backend.exists(&key)).await
+    }
+
     /// Reads an embedding (no lock): for prompts on an image this replica has not seen.
     pub async fn fetch(&self, tag: &ModelTag, image_id: &str) -> Option<Embedding> {
         let found = self.read(tag, &Self::value_key(tag, image_id)).await.ok()?;

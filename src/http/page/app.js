@@ -77,7 +77,8 @@
       throw new ApiError(0, "network", `network error: ${e.message}`);
     }
     if (raw && resp.ok) {
-      logCall(method, path, resp.status, performance.now() - t0, tag);
+      // A streamed answer: the caller logs the call when its last byte has arrived.
+      resp.logEnd = () => logCall(method, path, resp.status, performance.now() - t0, tag);
       return resp;
     }
     const text = await resp.text();
@@ -154,8 +155,11 @@
     return [f(0), f(8), f(4)];
   }
 
-  // Paints a mask into RGBA data: translucent fill, opaque inner outline.
-  function paintMask(data, mask, w, h, rgb, fillAlpha) {
+  // Paints a mask into RGBA data: translucent fill, opaque inner outline. Edge styles:
+  // "white" (segment everything), "dashes" (the current mask: black and white, so it never
+  // looks like a kept object), "own" (kept objects: their own colour, darker).
+  function paintMask(data, mask, w, h, rgb, fillAlpha, edgeStyle) {
+    const dark = rgb.map((v) => Math.round(v * 0.55));
     for (let y = 0; y < h; y++) {
       for (let x = 0; x < w; x++) {
         const i = y * w + x;
@@ -164,7 +168,10 @@
           !mask[i - 1] || !mask[i + 1] || !mask[i - w] || !mask[i + w];
         const o = i * 4;
         if (edge) {
-          data[o] = 255; data[o + 1] = 255; data[o + 2] = 255; data[o + 3] = 235;
+          let c = [255, 255, 255];
+          if (edgeStyle === "dashes") c = ((x + y) >> 2) & 1 ? [0, 0, 0] : [255, 255, 255];
+          else if (edgeStyle === "own") c = dark;
+          data[o] = c[0]; data[o + 1] = c[1]; data[o + 2] = c[2]; data[o + 3] = 240;
         } else {
           data[o] = rgb[0]; data[o + 1] = rgb[1]; data[o + 2] = rgb[2]; data[o + 3] = fillAlpha;
         }
@@ -178,8 +185,22 @@
     ctx.clearRect(0, 0, c.width, c.height);
     if (!items.length) return;
     const img = ctx.createImageData(c.width, c.height);
-    for (const it of items) paintMask(img.data, it.mask, c.width, c.height, it.rgb, it.alpha || 120);
+    for (const it of items) paintMask(img.data, it.mask, c.width, c.height, it.rgb, it.alpha || 120, it.edge || "white");
     ctx.putImageData(img, 0, 0);
+    // Numbered labels (kept objects) at the centre of each mask's box.
+    const size = Math.max(11, Math.round(Math.max(c.width, c.height) / 45));
+    ctx.font = `bold ${size}px system-ui, sans-serif`;
+    ctx.textAlign = "center";
+    ctx.textBaseline = "middle";
+    ctx.lineWidth = Math.max(2, size / 5);
+    for (const it of items) {
+      if (!it.label || !it.bbox) continue;
+      const [bx, by, bw, bh] = it.bbox;
+      ctx.strokeStyle = "rgba(0,0,0,.85)";
+      ctx.strokeText(it.label, bx + bw / 2, by + bh / 2);
+      ctx.fillStyle = "#fff";
+      ctx.fillText(it.label, bx + bw / 2, by + bh / 2);
+    }
   }
 
   function maskOf(m) {
@@ -208,7 +229,7 @@
     if (!cur || !cur.masks.length) {
       drawLayer("mask-layer", []);
     } else {
-      drawLayer("mask-layer", [{ mask: maskOf(cur.masks[cur.index]), rgb: [79, 140, 255], alpha: 130 }]);
+      drawLayer("mask-layer", [{ mask: maskOf(cur.masks[cur.index]), rgb: [79, 140, 255], alpha: 120, edge: "dashes" }]);
     }
     drawUi();
     renderCandidates();
@@ -239,14 +260,16 @@
   }
 
   function drawKept() {
-    drawLayer("kept-layer", state.kept.map((o) => ({ mask: maskOf(o), rgb: o.rgb, alpha: 150 })));
+    drawLayer("kept-layer", state.kept.map((o) => ({
+      mask: maskOf(o), rgb: o.rgb, alpha: 150, edge: "own", label: String(o.id), bbox: o.bbox,
+    })));
     const list = $("kept-list");
     list.innerHTML = "";
     for (const o of state.kept) {
       const li = document.createElement("li");
       li.dataset.id = o.id;
       li.innerHTML = `<span class="swatch" style="background: rgb(${o.rgb.join(",")})"></span>` +
-        `<span class="name">object ${o.id}</span><span class="muted small">${o.area} px · ${o.score.toFixed(2)}</span>` +
+        `<span class="name">object ${o.id}</span><span class="muted small">${o.area} px · score ${o.score.toFixed(2)}</span>` +
         `<button title="delete" aria-label="delete object ${o.id}">×</button>`;
       li.querySelector("button").onclick = () => deleteObject(o.id);
       list.append(li);
@@ -277,13 +300,21 @@
     cur.masks.forEach((m, i) => {
       const b = document.createElement("button");
       b.className = i === cur.index ? "active" : "";
-      b.innerHTML = `<span>mask ${i + 1}</span><span class="score">IoU ${m.score.toFixed(3)} · ${m.area} px</span>`;
+      // `score` is the model's own quality estimate of the mask (its IoU head), not a
+      // measured IoU; a text result also carries how well it matches the phrase.
+      const text = typeof m.text_score === "number" ? `text ${m.text_score.toFixed(3)} · ` : "";
+      b.innerHTML = `<span>mask ${i + 1}</span>` +
+        `<span class="score">${text}score ${m.score.toFixed(3)} · ${m.area} px</span>`;
+      b.title = (text ? "text: cosine of the phrase to the mask; " : "") +
+        "score: the model's predicted quality of the mask (not a measured IoU)";
       b.onclick = () => { cur.index = i; drawCurrent(); };
       box.append(b);
     });
     const np = state.points.length;
-    $("prompt-info").textContent = `${np} point${np === 1 ? "" : "s"}${state.box ? " + box" : ""}` +
-      (cur.prompt.mask_input ? " + previous mask" : "") + ` · ${cur.ms.toFixed(1)} ms`;
+    $("prompt-info").textContent = cur.prompt.text !== undefined
+      ? `text "${cur.prompt.text}" · ${cur.masks.length} mask${cur.masks.length === 1 ? "" : "s"} · ${cur.ms.toFixed(1)} ms`
+      : `${np} point${np === 1 ? "" : "s"}${state.box ? " + box" : ""}` +
+        (cur.prompt.mask_input ? " + previous mask" : "") + ` · ${cur.ms.toFixed(1)} ms`;
   }
 
   // ---------- image ----------
@@ -331,8 +362,15 @@
     }
   }
 
+  const IMAGE_NAME = /\.(jpe?g|png|webp|bmp|tiff?|gif)$/i;
+
   async function openFile(file) {
     if (!file) return;
+    if (!(file.type || "").startsWith("image/") && !IMAGE_NAME.test(file.name)) {
+      setStatus(`${file.name} is not an image (${file.type || "unknown type"}): open a JPEG, PNG, ` +
+        "WebP, BMP, TIFF or GIF file.", true);
+      return;
+    }
     try {
       await openBytes(await file.arrayBuffer(), file.type, file.name);
     } catch (e) {
@@ -499,7 +537,7 @@
     }
     if (!answer) return;
     const masks = answer.data.results[0].masks;
-    drawLayer("mask-layer", masks.length ? [{ mask: maskOf(masks[0]), rgb: [79, 140, 255], alpha: 110 }] : []);
+    drawLayer("mask-layer", masks.length ? [{ mask: maskOf(masks[0]), rgb: [79, 140, 255], alpha: 110, edge: "dashes" }] : []);
     const total = performance.now() - p.t;
     stats.hover.push(total);
     stats.hoverRequest.push(performance.now() - t0);
@@ -593,8 +631,9 @@
     $("everything-btn").disabled = true;
     $("everything-info").textContent = "running…";
     const t0 = performance.now();
+    let resp = null;
     try {
-      const resp = await api("POST", `/v1/images/${imageId}/everything${modelQuery()}`, {
+      resp = await api("POST", `/v1/images/${imageId}/everything${modelQuery()}`, {
         json: amgParams(), accept: "application/x-ndjson", tag: "everything", raw: true,
       });
       const reader = resp.body.getReader();
@@ -626,6 +665,8 @@
         }
       }
       handle(buf);
+      resp.logEnd();
+      resp = null;
       if (!ev.summary) throw new Error("the stream ended without a summary");
       if (imageId !== state.imageId) return;
       ev.progress = 1;
@@ -640,6 +681,7 @@
       setStatus(`Segment everything failed: ${e.message}`, true);
       $("everything-info").textContent = "failed";
     } finally {
+      if (resp) resp.logEnd(); // a stream that failed half way is logged too
       ev.running = false;
       $("everything-btn").disabled = !state.imageId;
     }
@@ -682,9 +724,14 @@
       });
       state.points = [];
       state.box = null;
-      state.current = { masks: data.results[0].masks, index: 0, prompt: { text }, ms };
+      const masks = data.results[0].masks;
+      state.current = { masks, index: 0, prompt: { text }, ms };
       drawCurrent();
       counters.text++;
+      setStatus(masks.length
+        ? `Found ${masks.length} mask${masks.length === 1 ? "" : "s"} for "${text}" in ${ms.toFixed(0)} ms ` +
+          `(best text score ${masks[0].text_score.toFixed(2)}). Enter keeps it; Tab cycles.`
+        : `No mask matches "${text}".`);
     } catch (e) {
       setStatus(`Text prompt failed: ${e.message}`, true);
     }
@@ -729,7 +776,71 @@
     return new Promise((ok) => c.toBlob(ok, "image/png"));
   }
 
+  // CRC-32 (the zip and PNG polynomial), for the zip writer.
+  const CRC_TABLE = (() => {
+    const t = new Uint32Array(256);
+    for (let n = 0; n < 256; n++) {
+      let c = n;
+      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+      t[n] = c >>> 0;
+    }
+    return t;
+  })();
+
+  function crc32(bytes) {
+    let c = 0xffffffff;
+    for (let i = 0; i < bytes.length; i++) c = CRC_TABLE[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  }
+
+  // A zip archive of stored (uncompressed: PNGs are compressed already) files.
+  function zipStored(files) {
+    const enc = new TextEncoder();
+    const parts = [], central = [];
+    let offset = 0;
+    const now = new Date();
+    const time = (now.getHours() << 11) | (now.getMinutes() << 5) | (now.getSeconds() >> 1);
+    const date = ((now.getFullYear() - 1980) << 9) | ((now.getMonth() + 1) << 5) | now.getDate();
+    for (const f of files) {
+      const name = enc.encode(f.name);
+      const crc = crc32(f.bytes);
+      const local = new DataView(new ArrayBuffer(30));
+      local.setUint32(0, 0x04034b50, true);
+      local.setUint16(4, 20, true);
+      local.setUint16(10, time, true);
+      local.setUint16(12, date, true);
+      local.setUint32(14, crc, true);
+      local.setUint32(18, f.bytes.length, true);
+      local.setUint32(22, f.bytes.length, true);
+      local.setUint16(26, name.length, true);
+      parts.push(local.buffer, name, f.bytes);
+      const cd = new DataView(new ArrayBuffer(46));
+      cd.setUint32(0, 0x02014b50, true);
+      cd.setUint16(4, 20, true);
+      cd.setUint16(6, 20, true);
+      cd.setUint16(12, time, true);
+      cd.setUint16(14, date, true);
+      cd.setUint32(16, crc, true);
+      cd.setUint32(20, f.bytes.length, true);
+      cd.setUint32(24, f.bytes.length, true);
+      cd.setUint16(28, name.length, true);
+      cd.setUint32(42, offset, true);
+      central.push(cd.buffer, name);
+      offset += 30 + name.length + f.bytes.length;
+    }
+    const cdSize = central.reduce((n, p) => n + p.byteLength, 0);
+    const end = new DataView(new ArrayBuffer(22));
+    end.setUint32(0, 0x06054b50, true);
+    end.setUint16(8, files.length, true);
+    end.setUint16(10, files.length, true);
+    end.setUint32(12, cdSize, true);
+    end.setUint32(16, offset, true);
+    return new Blob([...parts, ...central, end.buffer], { type: "application/zip" });
+  }
+
+  // Every kept object as a black-and-white PNG, in one zip file.
   async function exportPngs() {
+    const files = [];
     for (const o of state.kept) {
       const m = maskOf(o);
       const blob = await maskPng((d) => {
@@ -738,8 +849,9 @@
           d[i * 4] = v; d[i * 4 + 1] = v; d[i * 4 + 2] = v; d[i * 4 + 3] = 255;
         }
       });
-      download(blob, `${baseName()}-object-${o.id}.png`);
+      files.push({ name: `${baseName()}-object-${o.id}.png`, bytes: new Uint8Array(await blob.arrayBuffer()) });
     }
+    download(zipStored(files), `${baseName()}-masks.zip`);
   }
 
   // One PNG: gray level = 1-based position in the object list (later objects on top).
@@ -784,6 +896,10 @@
     state.model = $("model-select").value;
     const m = state.models.find((x) => x.name === state.model);
     $("text-prompt-row").hidden = !supportsText(m);
+    const note = $("model-note");
+    note.textContent = m && m.description ? `${m.name}: ${m.description}` : "";
+    note.classList.toggle("warn", !!m && /demo model/i.test(m.description || ""));
+    note.hidden = !note.textContent;
     if (reupload && state.bytes) openBytes(state.bytes, state.contentType, state.fileName).catch((e) => setStatus(e.message, true));
   }
 
@@ -869,7 +985,7 @@
   }
 
   window.samserve = {
-    ready: false, state, counters, stats, cocoExport, decodeRle,
+    ready: false, state, counters, stats, cocoExport, decodeRle, crc32,
     openDemo, keepCurrent, clearPrompt, segmentEverything,
   };
   init();
