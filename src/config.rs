@@ -117,10 +117,17 @@ pub struct Config {
     #[arg(long, env = "SAMSERVE_DECODER_THREADS", default_value_t = 1)]
     pub decoder_threads: usize,
 
-    /// Number of decoder worker threads, each with its own session (0 = half the cores, at
-    /// least 1). A request with more prompts than `--max-batch-prompts` is spread over them.
+    /// Number of decoder worker threads, each with its own session (0 = one per core). A
+    /// request with more prompts than `--max-batch-prompts` is spread over them.
     #[arg(long, env = "SAMSERVE_DECODER_WORKERS", default_value_t = 0)]
     pub decoder_workers: usize,
+
+    /// Intra-op threads of the decoder when a worker runs alone (no other worker busy,
+    /// nothing queued): each worker keeps a second session with this many threads, so a
+    /// lone click uses the cores that idle workers would (0 = all cores; at most
+    /// `--decoder-threads` turns it off).
+    #[arg(long, env = "SAMSERVE_DECODER_LONE_THREADS", default_value_t = 0)]
+    pub decoder_lone_threads: usize,
 
     /// Most prompts decoded in one ONNX call; prompts of concurrent requests on the same
     /// image (with the same number of points) share a call. The decoder runs on the CPU,

@@ -59,6 +59,9 @@ pub struct Metrics {
     pub decoder_seconds: HistogramVec,
     /// Prompts decoded, by model.
     pub decoder_prompts_total: IntCounterVec,
+    /// Decoder batches, by model and lane (`narrow`: beside other work, `wide`: alone,
+    /// on every core).
+    pub decoder_batches_total: IntCounterVec,
     /// Turning one segment request's decoder outputs into the answer's masks (upscaling,
     /// thresholding, encoding), by model.
     pub mask_postprocess_seconds: HistogramVec,
@@ -219,6 +222,11 @@ impl Metrics {
                 "samserve_decoder_prompts_total",
                 "Prompts run through the mask decoder.",
                 &["model"],
+            ),
+            decoder_batches_total: counter(
+                "samserve_decoder_batches_total",
+                "Decoder batches by lane: narrow (beside other work) or wide (alone, every core).",
+                &["model", "lane"],
             ),
             mask_postprocess_seconds: histogram(
                 "samserve_mask_postprocess_seconds",

@@ -300,3 +300,62 @@ async fn large_requests_are_spread_over_decoder_workers() {
         10.0
     );
 }
+
+/// Work-conserving decoder: a batch that runs alone (no other worker busy, nothing queued)
+/// takes the wide session on every core; batches that run beside queued work stay on their
+/// single-thread sessions. Both lanes answer the same.
+#[tokio::test]
+async fn lone_batches_take_the_wide_lane_and_loaded_ones_the_narrow() {
+    let mut cfg = common::config();
+    cfg.decoder_workers = 2;
+    cfg.decoder_threads = 1;
+    cfg.decoder_lone_threads = 2;
+    cfg.max_batch_prompts = 4;
+    let s = TestServer::start(cfg).await;
+    let mut cfg = common::config();
+    cfg.decoder_workers = 2;
+    cfg.decoder_lone_threads = 1; // no wide sessions
+    let narrow_only = TestServer::start(cfg).await;
+    let png = synthetic_png(320, 240, 21);
+    let id = s.upload(&png).await["image_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    narrow_only.upload(&png).await;
+    let lane = |lane: &'static str| format!(r#"lane="{lane}",model="sam-tiny""#);
+
+    let click = json!({"prompts": [{"points": [{"x": 120, "y": 90, "label": 1}]}]});
+    let (_, wide) = s.segment(&id, &click).await;
+    assert_eq!(
+        s.metric("samserve_decoder_batches_total", &lane("wide"))
+            .await,
+        1.0
+    );
+    assert_eq!(
+        s.metric("samserve_decoder_batches_total", &lane("narrow"))
+            .await,
+        0.0
+    );
+    let (_, narrow) = narrow_only.segment(&id, &click).await;
+    assert_eq!(
+        narrow_only
+            .metric("samserve_decoder_batches_total", &lane("wide"))
+            .await,
+        0.0
+    );
+    assert_same(
+        &masks_of(&wide, 0),
+        &masks_of(&narrow, 0),
+        "lone click, wide vs narrow",
+    );
+
+    // Twelve boxes in one request: three jobs of four admitted together. The worker that
+    // takes the first still sees eight prompts queued, so it runs narrow.
+    let boxes: Vec<_> = (0..12).map(|i| [i * 10, 8, 140 + i * 10, 200]).collect();
+    assert_servers_agree_on_boxes(&s, &narrow_only, &png, &boxes).await;
+    assert!(
+        s.metric("samserve_decoder_batches_total", &lane("narrow"))
+            .await
+            >= 1.0
+    );
+}

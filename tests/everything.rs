@@ -249,3 +249,60 @@ async fn ndjson_streams_progress_before_the_end() {
     let unknown = blake3::hash(b"nothing").to_hex().to_string();
     assert_eq!(post(json!({}), unknown).await, 404);
 }
+
+/// The opt-in fast mode (`skip_covered_points`) decodes fewer grid points than the full grid
+/// on a scene with objects, and still finds most of the full grid's masks.
+#[tokio::test]
+async fn fast_mode_skips_covered_points_and_keeps_most_masks() {
+    let s = TestServer::default().await;
+    let bytes =
+        std::fs::read(common::repo().join("tests/fixtures/amg/images/scene_640x480.png")).unwrap();
+    let id = s.upload(&bytes).await["image_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let masks_of = |body: &serde_json::Value| -> Vec<samserve::core::masks::BinaryMask> {
+        body["masks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| decode(&serde_json::from_value(m["segmentation"].clone()).unwrap()).unwrap())
+            .collect()
+    };
+    let mut runs = Vec::new();
+    for fast in [false, true] {
+        let before = s.metric("samserve_decoder_prompts_total", "").await;
+        let body = json!({"pred_iou_thresh": 0.5, "stability_score_thresh": 0.8,
+                          "skip_covered_points": fast});
+        let r = s
+            .client
+            .post(s.url(&format!("/v1/images/{id}/everything")))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let out: serde_json::Value = r.json().await.unwrap();
+        let prompts = s.metric("samserve_decoder_prompts_total", "").await - before;
+        runs.push((prompts, masks_of(&out)));
+    }
+    let (full_prompts, full) = &runs[0];
+    let (fast_prompts, fast) = &runs[1];
+    assert_eq!(
+        *full_prompts, 1024.0,
+        "the full grid decodes 32 x 32 points"
+    );
+    let found = full
+        .iter()
+        .filter(|m| fast.iter().any(|f| f.iou(m) >= 0.75))
+        .count();
+    eprintln!(
+        "full grid: {full_prompts} prompts, {} masks; fast: {fast_prompts} prompts, {} masks; \
+         {found} of the full grid's masks found",
+        full.len(),
+        fast.len()
+    );
+    assert!(!full.is_empty());
+    assert!(fast_prompts < full_prompts, "fast mode skipped no point");
+    assert!(found as f64 >= 0.8 * full.len() as f64);
+}

@@ -13,6 +13,10 @@ The server runs with --decoder-workers=<cores> unless --server-arg says otherwis
 segment-everything batch is then spread over one decoder session per core, as the reference
 uses every core through torch.
 
+Then, on a 640x480 held-out scene at the reference defaults: samserve's default flags against
+the defaults before work-conserving decoding (--decoder-workers=<cores/2> --decoder-lone-threads=1),
+two servers, alternating runs, the embedding cached; checks that both return the same masks.
+
 Usage: tools/.venv/bin/python tools/amg_bench.py [--runs 3] [--out target/bench/everything.json]
                                                  [--server-arg=--flag=value ...]
 """
@@ -117,7 +121,8 @@ def main() -> None:
         rows.append({"params": label, "settings": params, "runs": args.runs, "samserve_s": s,
                      "reference_s": r, "speedup": r / s, "samserve_masks": s_masks,
                      "reference_masks": ref_masks})
-    result = {"image": "1024x768", "server_args": args.server_arg, "results": rows}
+    defaults = compare_defaults(args.server_bin, args.model, args.runs)
+    result = {"image": "1024x768", "server_args": args.server_arg, "results": rows, "defaults": defaults}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
@@ -128,6 +133,72 @@ def main() -> None:
     for row in rows:
         print(f"| {row['params']} | {row['samserve_s']:.2f} | {row['samserve_masks']} | "
               f"{row['reference_s']:.2f} | {row['reference_masks']} | {row['speedup']:.2f}x |")
+    d = defaults
+    print(f"\n| segment everything, {d['image']}, {d['params']}, cached | previous defaults s | "
+          f"defaults s | speed-up | masks | same masks |")
+    print("|---|---:|---:|---:|---:|---|")
+    print(f"| median of {d['runs']} | {d['previous_defaults_s']:.2f} | {d['defaults_s']:.2f} | "
+          f"{d['speedup']:.2f}x | {d['masks']} | {'yes' if d['same_masks'] else 'NO'} |")
+
+
+def start(server_bin, model, flags):
+    port = free_port()
+    proc = subprocess.Popen(
+        [server_bin, "--port", str(port), "--model", model, "--request-timeout-ms", "0", *flags],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if request(base + "/readyz")[0] == 200:
+                return proc, base
+        except OSError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def compare_defaults(server_bin, model, runs):
+    """Seconds of one cached-image segment everything ({}: the reference defaults) on a 640x480
+    held-out scene, new defaults vs previous ones, alternating; and whether the masks agree."""
+    import io
+
+    from data_engine import HELDOUT_START, make_scene
+
+    sc = make_scene(HELDOUT_START + 3, width=640, height=480)
+    buf = io.BytesIO()
+    Image.fromarray(sc.image).save(buf, format="PNG")
+    cores = os.cpu_count() or 1
+    servers = {
+        "previous defaults": [f"--decoder-workers={max(cores // 2, 1)}", "--decoder-lone-threads=1"],
+        "defaults": [],
+    }
+    procs, times, answers = {}, {k: [] for k in servers}, {}
+    try:
+        for name, flags in servers.items():
+            proc, base = start(server_bin, model, flags)
+            procs[name] = (proc, base)
+            _, out = request(base + "/v1/images", data=buf.getvalue(), headers={"content-type": "image/png"})
+            procs[name] = (proc, base, json.loads(out)["image_id"])
+        for i in range(runs + 1):
+            for name, (_, base, image_id) in procs.items():
+                t = time.perf_counter()
+                status, out = request(f"{base}/v1/images/{image_id}/everything", data=b"{}",
+                                      headers={"content-type": "application/json"})
+                dt = time.perf_counter() - t
+                assert status == 200, out[:300]
+                answers[name] = [m["segmentation"]["counts"] for m in json.loads(out)["masks"]]
+                if i > 0:
+                    times[name].append(dt)
+    finally:
+        for proc, *_ in procs.values():
+            proc.terminate()
+            proc.wait()
+    prev, new = float(np.median(times["previous defaults"])), float(np.median(times["defaults"]))
+    same = answers["previous defaults"] == answers["defaults"]
+    return {"image": "640x480 held-out scene 1000003", "params": "{} (reference defaults)", "runs": runs,
+            "previous_defaults_s": prev, "defaults_s": new, "speedup": prev / new,
+            "masks": len(answers["defaults"]), "same_masks": same, "flags": servers}
 
 
 def time_server(base, raw, image_b64, params, runs):

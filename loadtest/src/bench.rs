@@ -44,12 +44,17 @@ pub struct BenchArgs {
     #[arg(long, default_value = "1,8,32,64", value_delimiter = ',')]
     pub batch_sizes: Vec<usize>,
     /// Decoder workers: passed to the server (--decoder-workers) and used as the
-    /// baseline's parallel sessions.
-    #[arg(long, default_value_t = 1)]
-    pub decoder_workers: usize,
-    /// Intra-op threads per decoder session, server (--decoder-threads) and baseline.
-    #[arg(long, default_value_t = 1)]
-    pub decoder_threads: usize,
+    /// baseline's parallel sessions [default: the server's own default; baseline 1].
+    #[arg(long)]
+    pub decoder_workers: Option<usize>,
+    /// Intra-op threads per decoder session, server (--decoder-threads) and baseline
+    /// [default: the server's own default; baseline 1].
+    #[arg(long)]
+    pub decoder_threads: Option<usize>,
+    /// Skip the second server with the defaults before work-conserving decoding
+    /// (--decoder-workers cores/2 --decoder-lone-threads 1).
+    #[arg(long)]
+    pub no_previous_defaults: bool,
     /// Extra argument for every server start (repeatable), e.g. --server-arg=--cache-bytes=1000000000.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
@@ -215,6 +220,7 @@ pub struct ServerFlags {
     pub max_batch_wait: bool,
     pub decoder_workers: bool,
     pub decoder_threads: bool,
+    pub decoder_lone_threads: bool,
     pub max_queued_prompts: bool,
     pub max_queued_images: bool,
 }
@@ -258,6 +264,9 @@ pub struct BenchReport {
     pub warmup_s: f64,
     pub server_flags: ServerFlags,
     pub baseline: BaselineReport,
+    /// What the cores can decode, and the server's clicks as fractions of it.
+    pub capacity: crate::capacity::Capacity,
+    pub clicks: Vec<crate::capacity::ClickFractions>,
     pub runs: Vec<BenchRun>,
     pub ratios: Ratios,
     /// Text-prompt latency (absent when the model takes no text or the run was skipped).
@@ -268,6 +277,33 @@ pub struct BenchReport {
 
 fn finite(v: f64) -> Option<f64> {
     v.is_finite().then_some(v)
+}
+
+/// Server label of the comparison run with the defaults before work-conserving decoding.
+const PREVIOUS: &str = "previous defaults";
+
+/// One-click throughput and latency of one server's interactive runs, and its click p99
+/// in the mixed run (uploads and detector requests beside the clicks).
+fn click_fractions(runs: &[BenchRun], server: &str) -> crate::capacity::ClickFractions {
+    let run = |label: &str| {
+        runs.iter()
+            .find(|r| r.label == label && r.server == server)
+            .map(|r| r.report.main())
+    };
+    let one_click =
+        |label: &str| run(label).map(|m| m.by_kind.get(ONE_CLICK).unwrap_or(&m.total).clone());
+    let at1 = one_click("interactive@1");
+    let at32 = run("interactive@32").map(|m| m.total.clone());
+    crate::capacity::ClickFractions {
+        server: server.to_string(),
+        clicks_per_s_at_1: at1.as_ref().and_then(|s| finite(s.prompts_per_s)),
+        p50_ms_at_1: at1.as_ref().and_then(|s| finite(s.p50_ms)),
+        clicks_per_s_at_32: at32.as_ref().and_then(|s| finite(s.prompts_per_s)),
+        p50_ms_at_32: at32.as_ref().and_then(|s| finite(s.p50_ms)),
+        mixed_click_p99_ms: run("mixed@16")
+            .and_then(|m| m.by_kind.get("interactive"))
+            .and_then(|s| finite(s.p99_ms)),
+    }
 }
 
 /// Runs the bench, prints the Markdown report and writes bench.json / bench.md.
@@ -303,6 +339,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<BenchReport> {
         max_batch_wait: help.contains("--max-batch-wait"),
         decoder_workers: help.contains("--decoder-workers"),
         decoder_threads: help.contains("--decoder-threads"),
+        decoder_lone_threads: help.contains("--decoder-lone-threads"),
         max_queued_prompts: help.contains("--max-queued-prompts"),
         max_queued_images: help.contains("--max-queued-images"),
     };
@@ -314,25 +351,31 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<BenchReport> {
         model: a.model.clone(),
         batch_sizes: a.batch_sizes.clone(),
         duration: base_dur,
-        threads: a.decoder_threads,
-        sessions: a.decoder_workers,
+        threads: a.decoder_threads.unwrap_or(1),
+        sessions: a.decoder_workers.unwrap_or(1),
         encoder_threads: 0,
         image_size: a.workload.image_size,
         seed: a.workload.seed,
         ort_lib: ort_lib.clone(),
         json: None,
     };
+    let cap_args = bargs.clone();
     let base = tokio::task::spawn_blocking(move || baseline::run(&bargs)).await??;
     baseline::print(&base);
+    let sizes = a.batch_sizes.clone();
+    let capacity =
+        tokio::task::spawn_blocking(move || crate::capacity::measure(&cap_args, &sizes)).await??;
 
     let mut common: Vec<String> = vec!["--model".into(), a.model.display().to_string()];
-    if flags.decoder_workers {
-        common.extend(["--decoder-workers".into(), a.decoder_workers.to_string()]);
-    } else if a.decoder_workers != 1 {
-        notes.push("server has no --decoder-workers flag; ran with its default".into());
+    match a.decoder_workers {
+        Some(n) if flags.decoder_workers => {
+            common.extend(["--decoder-workers".into(), n.to_string()])
+        }
+        Some(_) => notes.push("server has no --decoder-workers flag; ran with its default".into()),
+        None => {}
     }
-    if flags.decoder_threads {
-        common.extend(["--decoder-threads".into(), a.decoder_threads.to_string()]);
+    if let (Some(n), true) = (a.decoder_threads, flags.decoder_threads) {
+        common.extend(["--decoder-threads".into(), n.to_string()]);
     }
     common.extend(a.server_args.iter().cloned());
 
@@ -393,6 +436,36 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<BenchReport> {
             text = Some(t);
         } else if a.text_images > 0 {
             notes.push("the model takes no text prompts: the text latency run was skipped".into());
+        }
+        s.stop();
+    }
+
+    // 2b. The defaults before work-conserving decoding, in the same run: one decoder worker
+    //     per two cores, no wide session.
+    if flags.decoder_lone_threads && !a.no_previous_defaults {
+        let mut args = common.clone();
+        args.extend([
+            "--decoder-workers".into(),
+            (capacity.cores / 2).max(1).to_string(),
+            "--decoder-lone-threads".into(),
+            "1".into(),
+        ]);
+        let mut s = Server::start(
+            &a.server_bin,
+            &args,
+            ort_lib.as_deref(),
+            a.out.join("server-previous.log"),
+            PREVIOUS,
+        )?;
+        s.wait_ready().await?;
+        for (scenario, c) in [
+            (Scenario::Interactive, 1),
+            (Scenario::Interactive, 32),
+            (Scenario::Mixed, 16),
+        ] {
+            eprintln!("[bench] {scenario} at concurrency {c} ({PREVIOUS})");
+            let r = load::run_scenario(&run_args(scenario, c, &s.base)).await?;
+            one(&mut runs, format!("{scenario}@{c}"), PREVIOUS, r);
         }
         s.stop();
     }
@@ -484,6 +557,11 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<BenchReport> {
     let best = base.best_prompts_per_s;
     let per_best = |s: Option<&Summary>| s.and_then(|s| finite(s.prompts_per_s / best));
     let inter32 = find("interactive@32", "default");
+    let clicks: Vec<crate::capacity::ClickFractions> = ["default", PREVIOUS]
+        .iter()
+        .filter(|server| runs.iter().any(|r| r.server == **server))
+        .map(|server| click_fractions(&runs, server))
+        .collect();
     let unloaded = runs
         .iter()
         .find(|r| r.label == "interactive@1")
@@ -545,6 +623,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<BenchReport> {
         warmup_s: warmup,
         server_flags: flags,
         baseline: base,
+        capacity,
+        clicks,
         runs,
         ratios,
         text,
@@ -687,6 +767,7 @@ pub fn markdown(r: &BenchReport) -> String {
             );
         }
     }
+    s.push_str(&crate::capacity::markdown(&r.capacity, &r.clicks));
     let q = &r.ratios;
     let _ = writeln!(s, "\n### Ratios\n");
     let _ = writeln!(s, "| ratio | value | meaning |");

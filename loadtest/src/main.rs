@@ -3,6 +3,7 @@
 
 mod baseline;
 mod bench;
+mod capacity;
 mod gen;
 mod load;
 mod promscrape;

@@ -15,15 +15,15 @@ use super::masks::{self, BinaryMask};
 use super::prompts::{prepare_prompts, Prompt, PromptLimits};
 use super::store::{Claim, ModelTag, SharedStore};
 use super::text_search::{TextCaches, TextHandle};
-use super::workers::{chunks_owned, BatchPolicy, WorkerQueue};
+use super::workers::{chunks_owned, BatchPolicy, Occupancy, WorkerQueue};
 use crate::config::{CacheDtype, Config};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
 use crate::runtime::device::Device;
 use crate::runtime::manifest::ModelFiles;
 use crate::runtime::model::{
-    load_model, DecoderPrompt, DecoderSession, Embedding, EncoderSession, MaskGeometry, ModelSpec,
-    SessionOptions, TokenOutput, MASK_THRESHOLD,
+    load_model, DecoderLanes, DecoderPrompt, DecoderSession, Embedding, EncoderSession,
+    MaskGeometry, ModelSpec, SessionOptions, TokenOutput, MASK_THRESHOLD,
 };
 use crate::runtime::preprocess::{prepare, PreparedImage};
 
@@ -54,7 +54,7 @@ fn spawn_encoder(
         policy,
         metrics.queue("encoder"),
         |_, _| true,
-        move |s: &mut EncoderSession, imgs: Vec<PreparedImage>| {
+        move |s: &mut EncoderSession, imgs: Vec<PreparedImage>, _| {
             let t = Instant::now();
             let out = s.encode_many(&imgs);
             let sizes = m.batch_size.with_label_values(&["encoder"]);
@@ -76,7 +76,7 @@ fn spawn_encoder(
 
 fn spawn_decoder(
     spec: &Arc<ModelSpec>,
-    sessions: Vec<DecoderSession>,
+    sessions: Vec<DecoderLanes>,
     config: &Config,
     metrics: &Arc<Metrics>,
 ) -> std::io::Result<DecodeQueue> {
@@ -95,9 +95,13 @@ fn spawn_decoder(
         metrics.queue("decoder"),
         // Only prompts on the same embedding can share a decoder call.
         |a: &DecodeJob, b: &DecodeJob| Arc::ptr_eq(&a.0, &b.0),
-        move |s: &mut DecoderSession, jobs: Vec<DecodeJob>| {
+        move |lanes: &mut DecoderLanes, jobs: Vec<DecodeJob>, occupancy: Occupancy| {
             let t = Instant::now();
             let n: usize = jobs.iter().map(|j| j.1.len()).sum();
+            let (s, wide) = lanes.pick(occupancy.alone());
+            m.decoder_batches_total
+                .with_label_values(&[name.as_str(), if wide { "wide" } else { "narrow" }])
+                .inc();
             let out = decode_jobs(
                 s,
                 jobs,
@@ -367,8 +371,10 @@ impl Engine {
             .unwrap_or(1);
         let device: Device = config.encoder_device.parse()?;
         let decoder_device: Device = config.decoder_device.parse()?;
+        // One single-thread worker per core: under load every core decodes. A worker that
+        // runs alone uses its wide session on every core (--decoder-lone-threads).
         let decoder_workers = if config.decoder_workers == 0 {
-            (cores / 2).max(1)
+            cores
         } else {
             config.decoder_workers
         };
@@ -384,6 +390,11 @@ impl Engine {
             },
             decoder_threads: config.decoder_threads.max(1),
             decoder_workers,
+            decoder_lone_threads: if config.decoder_lone_threads == 0 {
+                cores
+            } else {
+                config.decoder_lone_threads
+            },
             encoder_device: device,
             decoder_device,
             require_gpu: config.require_gpu,
@@ -421,6 +432,7 @@ impl Engine {
                 encoder_threads = opts.encoder_threads,
                 decoder_threads = opts.decoder_threads,
                 decoder_workers = opts.decoder_workers,
+                decoder_lone_threads = opts.decoder_lone_threads,
                 load_ms = started.elapsed().as_millis() as u64,
                 "model loaded"
             );

@@ -85,7 +85,7 @@ impl TextHandle {
             policy,
             metrics.queue("text"),
             |_, _| false,
-            move |t: &mut Towers, jobs: Vec<TextJob>| {
+            move |t: &mut Towers, jobs: Vec<TextJob>, _| {
                 jobs.into_iter()
                     .map(|job| match job {
                         TextJob::Phrase(ids) => {

@@ -63,6 +63,23 @@ pub struct QueueMetrics {
     pub abandoned: IntCounter,
 }
 
+/// What a pool's other workers are doing when a worker starts a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Occupancy {
+    /// Workers running a batch, this one included.
+    pub busy: usize,
+    /// Work units admitted and still waiting for a worker.
+    pub queued_units: usize,
+}
+
+impl Occupancy {
+    /// The batch runs alone: no other worker busy and nothing waiting, so the cores the
+    /// other workers would use are idle (a work-conserving worker may take them).
+    pub fn alone(&self) -> bool {
+        self.busy == 1 && self.queued_units == 0
+    }
+}
+
 /// The submitting side of a worker pool.
 pub struct WorkerQueue<I, O> {
     tx: Sender<Job<I, O>>,
@@ -178,8 +195,9 @@ impl<I, O> Assembler<I, O> {
 
 impl<I: Send + 'static, O: Send + 'static> WorkerQueue<I, O> {
     /// Starts one OS thread per state value. Each thread assembles batches of jobs whose
-    /// inputs are `compatible` with the first one, and runs `work` on the inputs; `work`
-    /// returns one result per input, in order.
+    /// inputs are `compatible` with the first one, and runs `work` on the inputs, telling it
+    /// the pool's [`Occupancy`] at the start of the batch; `work` returns one result per
+    /// input, in order.
     pub fn spawn<S, C, F>(
         name: &'static str,
         states: Vec<S>,
@@ -191,11 +209,12 @@ impl<I: Send + 'static, O: Send + 'static> WorkerQueue<I, O> {
     where
         S: Send + 'static,
         C: Fn(&I, &I) -> bool + Send + Sync + 'static,
-        F: Fn(&mut S, Vec<I>) -> Vec<anyhow::Result<O>> + Send + Sync + 'static,
+        F: Fn(&mut S, Vec<I>, Occupancy) -> Vec<anyhow::Result<O>> + Send + Sync + 'static,
     {
         // The channel only needs to hold what admission lets in; units bound the rest.
         let (tx, rx) = bounded::<Job<I, O>>(policy.max_queued_units.max(1));
         let queued = Arc::new(AtomicUsize::new(0));
+        let busy = Arc::new(AtomicUsize::new(0));
         let work = Arc::new(work);
         let compatible = Arc::new(compatible);
         for (i, mut state) in states.into_iter().enumerate() {
@@ -207,6 +226,7 @@ impl<I: Send + 'static, O: Send + 'static> WorkerQueue<I, O> {
             };
             let work = work.clone();
             let compatible = compatible.clone();
+            let busy = busy.clone();
             std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
                 .spawn(move || {
@@ -214,10 +234,15 @@ impl<I: Send + 'static, O: Send + 'static> WorkerQueue<I, O> {
                         let (inputs, replies): (Vec<I>, Vec<_>) =
                             batch.into_iter().map(|j| (j.input, j.reply)).unzip();
                         let n = inputs.len();
+                        let occupancy = Occupancy {
+                            busy: busy.fetch_add(1, Ordering::AcqRel) + 1,
+                            queued_units: asm.queued.load(Ordering::Acquire),
+                        };
                         // A panic in model code fails this batch, not the thread.
                         let outs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            work(&mut state, inputs)
+                            work(&mut state, inputs, occupancy)
                         }));
+                        busy.fetch_sub(1, Ordering::AcqRel);
                         match outs {
                             Ok(outs) if outs.len() == n => {
                                 for (reply, out) in replies.into_iter().zip(outs) {

@@ -194,6 +194,25 @@ fn build_session(
     require_gpu: bool,
     role: &str,
 ) -> anyhow::Result<(Session, Device)> {
+    build_session_spinning(env, graph, threads, true, device, require_gpu, role)
+}
+
+/// [`build_session`], choosing whether intra-op threads may go on spinning after a run. A
+/// session that runs only while the other workers sit idle must stop spinning when its run
+/// returns (`session.force_spinning_stop`): its threads would otherwise keep the cores busy
+/// for the narrow sessions that run once load returns. It still spins *during* a run: a
+/// decoder run is hundreds of small parallel operators, and waking sleeping threads for
+/// each of them made the two-thread session slower than one thread (lone click on 2 cores:
+/// decoder 6.6 ms with no spinning at all, 5.9 ms on one thread).
+fn build_session_spinning(
+    env: &ort::environment::Environment,
+    graph: GraphSource<'_>,
+    threads: usize,
+    spin: bool,
+    device: Device,
+    require_gpu: bool,
+    role: &str,
+) -> anyhow::Result<(Session, Device)> {
     let mut builder = Session::builder(env)
         .map_err(|e| anyhow!("{e}"))?
         .with_optimization_level(GraphOptimizationLevel::Level3)
@@ -201,6 +220,11 @@ fn build_session(
     if threads > 0 {
         builder = builder
             .with_intra_threads(threads)
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    if !spin {
+        builder = builder
+            .with_config_entry("session.force_spinning_stop", "1")
             .map_err(|e| anyhow!("{e}"))?;
     }
     let (mut builder, used) = super::device::apply(builder, device, require_gpu, role)?;
@@ -221,6 +245,10 @@ pub struct SessionOptions {
     pub decoder_threads: usize,
     /// Number of decoder sessions (one per worker thread).
     pub decoder_workers: usize,
+    /// Intra-op threads of each worker's second, wide decoder session, used when the
+    /// worker runs alone (no other worker busy, nothing queued); at most `decoder_threads`
+    /// means no wide session.
+    pub decoder_lone_threads: usize,
     /// Device of the encoder.
     pub encoder_device: Device,
     /// Device of the decoder sessions.
@@ -308,8 +336,8 @@ pub struct ModelSessions {
     pub spec: Arc<ModelSpec>,
     /// The encoder session.
     pub encoder: EncoderSession,
-    /// One decoder session per decoder worker.
-    pub decoders: Vec<DecoderSession>,
+    /// One decoder worker's sessions each.
+    pub decoders: Vec<DecoderLanes>,
 }
 
 /// Loads a model, checks its signatures and runs one warm-up encode + decode to learn the
@@ -462,13 +490,13 @@ pub fn load_model(
     decoder.spec = spec.clone();
     let shared_mask = decoder.probe_shared_empty_mask(&emb);
     tracing::debug!(model = %m.name, shared_mask, "decoder: one empty mask_input row per batch");
-    let mut decoders = vec![decoder];
-    for _ in 1..opts.decoder_workers.max(1) {
-        decoders.push(DecoderSession {
-            session: build_session(
+    let session = |threads: usize, spin: bool| -> anyhow::Result<DecoderSession> {
+        Ok(DecoderSession {
+            session: build_session_spinning(
                 env,
                 GraphSource::Bytes(&decoder_bytes),
-                opts.decoder_threads,
+                threads,
+                spin,
                 decoder_device,
                 opts.require_gpu,
                 "decoder",
@@ -477,6 +505,23 @@ pub fn load_model(
             spec: spec.clone(),
             low_res_only: low_res_only()?,
             shared_empty_mask: shared_mask,
+        })
+    };
+    let wide = opts.decoder_lone_threads > opts.decoder_threads;
+    let mut decoders = Vec::with_capacity(opts.decoder_workers.max(1));
+    let mut first = Some(decoder);
+    for _ in 0..opts.decoder_workers.max(1) {
+        let narrow = match first.take() {
+            Some(d) => d,
+            None => session(opts.decoder_threads, true)?,
+        };
+        decoders.push(DecoderLanes {
+            narrow,
+            wide: if wide {
+                Some(session(opts.decoder_lone_threads, false)?)
+            } else {
+                None
+            },
         });
     }
     Ok(ModelSessions {
@@ -590,6 +635,27 @@ pub struct DecoderSession {
     /// once per call instead of once per prompt. Enabled only after the warm-up shows the
     /// graph accepts it and answers identically.
     shared_empty_mask: bool,
+}
+
+/// A decoder worker's sessions: `narrow` (`--decoder-threads`) for batches that run beside
+/// other work, and optionally `wide` (every core, threads that do not spin) for a batch
+/// that runs alone, so that a lone click uses the cores the idle workers would.
+pub struct DecoderLanes {
+    /// The session used under load.
+    pub narrow: DecoderSession,
+    /// The session used when the worker runs alone.
+    pub wide: Option<DecoderSession>,
+}
+
+impl DecoderLanes {
+    /// The session for a batch; `alone`: no other worker busy and nothing queued. Returns
+    /// the session and whether it is the wide one.
+    pub fn pick(&mut self, alone: bool) -> (&mut DecoderSession, bool) {
+        match (&mut self.wide, alone) {
+            (Some(w), true) => (w, true),
+            _ => (&mut self.narrow, false),
+        }
+    }
 }
 
 fn low_res_only() -> anyhow::Result<RunOptions<HasSelectedOutputs>> {

@@ -87,6 +87,24 @@ impl CompactMask {
         self.area
     }
 
+    /// Whether image pixel `(x, y)` is foreground.
+    pub fn contains(&self, x: u32, y: u32) -> bool {
+        if x < self.x0 || y < self.y0 || x - self.x0 >= self.w || y - self.y0 >= self.h {
+            return false;
+        }
+        let target = (y - self.y0) as u64 * self.w as u64 + (x - self.x0) as u64;
+        let mut pos = 0u64;
+        let mut fg = false;
+        for &run in &self.runs {
+            pos += run as u64;
+            if target < pos {
+                return fg;
+            }
+            fg = !fg;
+        }
+        false
+    }
+
     /// Expands into a `width × height` mask (the image size it was generated for).
     ///
     /// # Panics
@@ -126,5 +144,19 @@ mod tests {
         assert_eq!(CompactMask::from_mask(&e).to_mask(3, 2), e);
         let one = BinaryMask::from_data(2, 1, vec![1, 0]).unwrap();
         assert_eq!(CompactMask::from_mask(&one).to_mask(2, 1), one);
+    }
+
+    #[test]
+    fn contains_matches_the_expanded_mask() {
+        let data = vec![0, 0, 0, 0, 0, 1, 0, 1, 0, 1, 1, 0, 0, 0, 0, 1];
+        let m = BinaryMask::from_data(4, 4, data.clone()).unwrap();
+        let c = CompactMask::from_mask(&m);
+        for y in 0..5u32 {
+            for x in 0..5u32 {
+                let expected = x < 4 && y < 4 && data[(y * 4 + x) as usize] == 1;
+                assert_eq!(c.contains(x, y), expected, "({x}, {y})");
+            }
+        }
+        assert!(!CompactMask::from_mask(&BinaryMask::new(3, 3)).contains(1, 1));
     }
 }

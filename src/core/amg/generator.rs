@@ -155,9 +155,9 @@ impl AmgRecords {
 
 /// A mask between decoding and the final record.
 #[derive(Debug, Clone)]
-struct Candidate {
+pub(super) struct Candidate {
     /// Always in image coordinates.
-    mask: CompactMask,
+    pub(super) mask: CompactMask,
     /// Inclusive XYXY; in crop coordinates until the crop's NMS is done, then image ones.
     bbox: [u32; 4],
     predicted_iou: f32,
@@ -372,11 +372,36 @@ where
     };
 
     let upscale = backend.upscaler(&encoded);
-    let mut data = Vec::new();
-    // Filtering (upscaling included) of one batch overlaps the decoding of the next.
+    let mut data: Vec<Candidate> = Vec::new();
+    let fast = settings.skip_covered_points;
+    let order = if fast {
+        super::fast::coarse_to_fine(points.len())
+    } else {
+        (0..points.len()).collect()
+    };
+    let crop_area = crop_w as u64 * crop_h as u64;
+    let origin = [crop.xyxy[0], crop.xyxy[1]];
+    let mut next = 0;
+    // Filtering (upscaling included) of one batch overlaps the decoding of the next. In fast
+    // mode a batch skips the points covered by the masks kept from the batches filtered so far.
     let mut pending = None;
-    for batch in points.chunks(settings.points_per_batch) {
-        let outputs = backend.decode_points(&encoded, batch).await?;
+    loop {
+        let mut batch = Vec::with_capacity(settings.points_per_batch);
+        let mut skipped = 0;
+        while batch.len() < settings.points_per_batch && next < order.len() {
+            let p = points[order[next]];
+            next += 1;
+            if fast && super::fast::covered(&data, p, origin, crop_area) {
+                skipped += 1;
+            } else {
+                batch.push(p);
+            }
+        }
+        progress.points_done += skipped;
+        if batch.is_empty() {
+            break;
+        }
+        let outputs = backend.decode_points(&encoded, &batch).await?;
         if outputs.len() != batch.len() {
             return Err(ApiError::Internal(format!(
                 "decoder returned {} results for {} points",
@@ -384,10 +409,10 @@ where
                 batch.len()
             )));
         }
-        let batch_points = batch.to_vec();
+        let n = batch.len();
         let upscale = upscale.clone();
-        let filtering = spawn_cpu(move || filter_batch(&filter, &batch_points, outputs, &*upscale));
-        if let Some((n, previous)) = pending.replace((batch.len(), filtering)) {
+        let filtering = spawn_cpu(move || filter_batch(&filter, &batch, outputs, &*upscale));
+        if let Some((n, previous)) = pending.replace((n, filtering)) {
             data.extend(previous.await??);
             progress.points_done += n;
             on_progress(*progress);

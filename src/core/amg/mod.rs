@@ -20,6 +20,7 @@
 //! arbitrarily, here they stay in index order.
 
 mod compact;
+mod fast;
 mod generator;
 mod grid;
 mod nms;

@@ -104,6 +104,13 @@ pub struct AmgParams {
     #[schema(minimum = 0)]
     #[serde(deserialize_with = "crate::core::lenient::opt_i64")]
     pub max_total_pixels: Option<i64>,
+    /// Fast mode (not in the reference generator; false): decode the grid coarse to fine
+    /// (every 4th point, then every 2nd, then the rest) and skip points that fall inside a
+    /// mask already kept in the same crop (masks covering over half the crop excepted). Fewer
+    /// decoder calls, slightly different masks; see docs/performance.md for its speed and
+    /// recall.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skip_covered_points: Option<bool>,
 }
 
 /// Validated, concrete generator settings, derived from [`AmgParams`] by
@@ -123,6 +130,8 @@ pub struct AmgSettings {
     pub min_mask_region_area: u64,
     pub max_masks: Option<usize>,
     pub max_total_pixels: Option<u64>,
+    /// Fast mode: coarse-to-fine order, points inside kept masks skipped.
+    pub skip_covered_points: bool,
 }
 
 impl AmgSettings {
@@ -359,6 +368,7 @@ impl AmgParams {
             min_mask_region_area: min_mask_region_area as u64,
             max_masks,
             max_total_pixels,
+            skip_covered_points: self.skip_covered_points.unwrap_or(false),
         })
     }
 
