@@ -11,7 +11,7 @@ use samserve::core::engine::validate_image_id;
 use samserve::core::mask_store::MaskStore;
 use samserve::core::store::codec::{decode, encode};
 use samserve::core::store::ModelTag;
-use samserve::runtime::model::Embedding;
+use samserve::runtime::model::{Embedding, EmbeddingData, EmbeddingTensor};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
@@ -33,27 +33,33 @@ fuzz_target!(|data: &[u8]| {
         name: "m".into(),
         fingerprint: [7; 16],
         shape: [1, 2, 2, 2],
+        tensor: "image_embeddings".into(),
+        tensors: 1,
     };
     // Raw bytes, and a valid value with the input spliced in at an offset it chooses, so
     // that the checks past the magic and fingerprint are reached.
     let check = |bytes: &[u8]| {
         if let Ok(e) = decode(&tag, bytes) {
-            assert_eq!(e.shape, tag.shape);
-            assert_eq!(e.data.len(), 8);
+            assert_eq!(e.tensors[0].shape, tag.shape.to_vec());
+            assert_eq!(e.tensors[0].data.len(), 8);
         }
     };
     check(data);
     let valid = encode(
         &tag,
         &Embedding {
-            data: (0..8).map(|v| v as f32).collect(),
-            shape: tag.shape,
+            tensors: vec![EmbeddingTensor {
+                name: "image_embeddings".into(),
+                shape: tag.shape.to_vec(),
+                data: EmbeddingData::F32((0..8).map(|v| v as f32).collect()),
+            }],
             width: 4,
             height: 3,
             resized_width: 4,
             resized_height: 3,
         },
-    );
+    )
+    .expect("one tensor");
     if let Some((&at, rest)) = data.split_first() {
         let at = at as usize % valid.len();
         let mut spliced = valid[..at].to_vec();

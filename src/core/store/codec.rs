@@ -7,7 +7,9 @@
 //! file or another format instead of decoding garbage; raw f32 keeps masks bit-identical
 //! across replicas.
 
-use crate::runtime::embedding::{Embedding, EmbeddingData};
+use std::sync::Arc;
+
+use crate::runtime::embedding::{Embedding, EmbeddingData, EmbeddingTensor};
 
 const MAGIC: &[u8; 4] = b"SAME";
 /// Bump when the layout changes; older values then read as misses.
@@ -23,6 +25,11 @@ pub struct ModelTag {
     pub fingerprint: [u8; 16],
     /// Embedding shape `[1, C, gh, gw]`.
     pub shape: [usize; 4],
+    /// Name of the embedding's tensor.
+    pub tensor: Arc<str>,
+    /// Number of tensors of the model's embeddings. This format version holds one; the
+    /// store skips models with more (SAM 2) until the multi-tensor version.
+    pub tensors: usize,
 }
 
 impl ModelTag {
@@ -35,10 +42,14 @@ impl ModelTag {
     }
 }
 
-/// Serializes an embedding with its header.
-pub fn encode(tag: &ModelTag, e: &Embedding) -> Vec<u8> {
+/// Serializes an embedding with its header; `None` for an embedding of several tensors,
+/// which this format version cannot hold.
+pub fn encode(tag: &ModelTag, e: &Embedding) -> Option<Vec<u8>> {
+    let [t] = &e.tensors[..] else {
+        return None;
+    };
     let name = tag.name.as_bytes();
-    let mut out = Vec::with_capacity(64 + name.len() + e.data.len() * 4);
+    let mut out = Vec::with_capacity(64 + name.len() + t.data.len() * 4);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&DTYPE_F32.to_le_bytes());
@@ -46,17 +57,17 @@ pub fn encode(tag: &ModelTag, e: &Embedding) -> Vec<u8> {
     for v in [e.width, e.height, e.resized_width, e.resized_height] {
         out.extend_from_slice(&v.to_le_bytes());
     }
-    for d in e.shape {
-        out.extend_from_slice(&(d as u32).to_le_bytes());
+    for d in &t.shape {
+        out.extend_from_slice(&(*d as u32).to_le_bytes());
     }
     out.extend_from_slice(&(name.len() as u16).to_le_bytes());
     out.extend_from_slice(name);
     // Always float32 on the wire: replicas with float32 and float16 caches share a store
     // (a float16 cache writes its rounded values widened, exactly).
-    for v in e.data.to_f32().iter() {
+    for v in t.data.to_f32().iter() {
         out.extend_from_slice(&v.to_le_bytes());
     }
-    out
+    Some(out)
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -80,6 +91,12 @@ impl<'a> Reader<'a> {
 
 /// Parses a value, checking it against the model it is read for.
 pub fn decode(tag: &ModelTag, bytes: &[u8]) -> Result<Embedding, String> {
+    if tag.tensors != 1 {
+        return Err(format!(
+            "format version {FORMAT_VERSION} holds one tensor, the model has {}",
+            tag.tensors
+        ));
+    }
     let mut r = Reader(bytes);
     if r.take(4)? != MAGIC {
         return Err("bad magic".into());
@@ -117,8 +134,11 @@ pub fn decode(tag: &ModelTag, bytes: &[u8]) -> Result<Embedding, String> {
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
             .collect();
     Ok(Embedding {
-        data: EmbeddingData::F32(data),
-        shape,
+        tensors: vec![EmbeddingTensor {
+            name: tag.tensor.clone(),
+            shape: shape.to_vec(),
+            data: EmbeddingData::F32(data),
+        }],
         width,
         height,
         resized_width,
@@ -135,13 +155,18 @@ mod tests {
             name: "m".into(),
             fingerprint: [7; 16],
             shape: [1, 2, 3, 4],
+            tensor: "image_embeddings".into(),
+            tensors: 1,
         }
     }
 
     fn emb() -> Embedding {
         Embedding {
-            data: EmbeddingData::F32((0..24).map(|i| i as f32 * 0.37 - 3.0).collect()),
-            shape: [1, 2, 3, 4],
+            tensors: vec![EmbeddingTensor {
+                name: "image_embeddings".into(),
+                shape: vec![1, 2, 3, 4],
+                data: EmbeddingData::F32((0..24).map(|i| i as f32 * 0.37 - 3.0).collect()),
+            }],
             width: 640,
             height: 480,
             resized_width: 1024,
@@ -152,22 +177,25 @@ mod tests {
     #[test]
     fn round_trip_is_bit_exact() {
         let mut e = emb();
-        let EmbeddingData::F32(v) = &mut e.data else {
+        let EmbeddingData::F32(v) = &mut e.tensors[0].data else {
             unreachable!()
         };
         v[5] = f32::from_bits(0x0000_0001); // a subnormal survives too
-        let bytes = encode(&tag(), &e);
+        let bytes = encode(&tag(), &e).unwrap();
         assert_eq!(bytes.len(), 4 + 2 + 2 + 16 + 16 + 16 + 2 + 1 + 24 * 4);
         let back = decode(&tag(), &bytes).unwrap();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&back.data.to_f32()), bits(&e.data.to_f32()));
+        assert_eq!(
+            bits(&back.tensors[0].data.to_f32()),
+            bits(&e.tensors[0].data.to_f32())
+        );
         assert_eq!((back.width, back.height), (640, 480));
         assert_eq!((back.resized_width, back.resized_height), (1024, 768));
     }
 
     #[test]
     fn refuses_foreign_or_damaged_values() {
-        let bytes = encode(&tag(), &emb());
+        let bytes = encode(&tag(), &emb()).unwrap();
         let mut other = tag();
         other.fingerprint[0] = 8;
         assert!(decode(&other, &bytes).unwrap_err().contains("fingerprint"));

@@ -13,7 +13,7 @@ pub mod codec;
 pub mod redis;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -73,6 +73,12 @@ pub fn model_tag(spec: &ModelSpec, encoder_onnx: &[u8]) -> ModelTag {
         name: spec.name.clone(),
         fingerprint,
         shape: spec.embedding_shape,
+        tensor: Arc::from(
+            spec.tensors
+                .first()
+                .map_or("image_embeddings", |t| t.name.as_str()),
+        ),
+        tensors: spec.tensors.len(),
     }
 }
 
@@ -249,6 +255,9 @@ impl SharedStore {
 
     /// Reads an embedding (no lock): for prompts on an image this replica has not seen.
     pub async fn fetch(&self, tag: &ModelTag, image_id: &str) -> Option<Embedding> {
+        if tag.tensors != 1 {
+            return None;
+        }
         let found = self.read(tag, &Self::value_key(tag, image_id)).await.ok()?;
         self.count(tag, found.is_some());
         found
@@ -257,6 +266,10 @@ impl SharedStore {
     /// Reads an embedding, or elects this replica to encode it. When another replica holds
     /// the encode lock, waits for its value up to the lock's lifetime.
     pub async fn fetch_or_claim(&self, tag: &ModelTag, image_id: &str) -> Claim {
+        if tag.tensors != 1 {
+            // Multi-tensor embeddings (SAM 2) are not stored by this value format.
+            return Claim::Encode(None);
+        }
         let key = Self::value_key(tag, image_id);
         match self.read(tag, &key).await {
             Err(Unavailable) => return Claim::Encode(None),
@@ -351,8 +364,7 @@ impl SharedStore {
         embedding: Option<&Embedding>,
         lock: Option<EncodeLock>,
     ) {
-        if let Some(e) = embedding {
-            let value = codec::encode(tag, e);
+        if let Some(value) = embedding.and_then(|e| codec::encode(tag, e)) {
             let key = Self::value_key(tag, image_id);
             if self
                 .call("put", self.backend.put(&key, &value, self.ttl))
