@@ -351,3 +351,176 @@ async fn the_inferred_manifest_is_written_with_the_flag_and_loads() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[derive(serde::Deserialize)]
+struct AmgGoldens {
+    cases: Vec<AmgCase>,
+}
+
+#[derive(serde::Deserialize)]
+struct AmgCase {
+    image: String,
+    params: serde_json::Value,
+    records: Vec<AmgRecord>,
+}
+
+#[derive(serde::Deserialize)]
+struct AmgRecord {
+    segmentation: samserve::core::masks::rle::CocoRle,
+    predicted_iou: f64,
+}
+
+/// Segment everything on a SAM 2 model against `SAM2AutomaticMaskGenerator` on the same
+/// weights (tests/fixtures/sam2/everything.json): the grid's points in SAM 2's frame, the
+/// direct upscaling, the filters. Masks are matched one to one, best IoU first.
+#[tokio::test]
+async fn everything_matches_sam2s_generator() {
+    let dir = common::repo().join("tests/fixtures");
+    let goldens: AmgGoldens = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("sam2/everything.json")).unwrap(),
+    )
+    .unwrap();
+    let s = server(&["sam2-mini"]).await;
+    for case in &goldens.cases {
+        let id = s.upload(&std::fs::read(dir.join(&case.image)).unwrap()).await["image_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let r = s
+            .client
+            .post(s.url(&format!("/v1/images/{id}/everything")))
+            .json(&case.params)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = r.json().await.unwrap();
+        let got: Vec<_> = body["masks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let rle = serde_json::from_value(m["segmentation"].clone()).unwrap();
+                (
+                    samserve::core::masks::rle::decode(&rle).unwrap(),
+                    m["predicted_iou"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got.len(), case.records.len(), "{}", case.image);
+        let mut used = vec![false; got.len()];
+        let mut ious = Vec::new();
+        for w in &case.records {
+            let want = samserve::core::masks::rle::decode(&w.segmentation).unwrap();
+            let (j, iou) = (0..got.len())
+                .filter(|&j| !used[j])
+                .map(|j| (j, got[j].0.iou(&want)))
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .unwrap();
+            used[j] = true;
+            ious.push(iou);
+            assert!(
+                (got[j].1 - w.predicted_iou).abs() < 1e-4,
+                "{}: predicted_iou {} vs {}",
+                case.image,
+                got[j].1,
+                w.predicted_iou
+            );
+        }
+        let mean = ious.iter().sum::<f64>() / ious.len() as f64;
+        let worst = ious.iter().cloned().fold(1.0, f64::min);
+        eprintln!(
+            "everything {}: {} masks, mean IoU {mean:.5}, worst {worst:.5}",
+            case.image,
+            ious.len()
+        );
+        assert!(mean >= 0.99 && worst >= 0.97, "{}: {mean} {worst}", case.image);
+    }
+}
+
+/// Prompts from concurrent requests on one image share decoder calls on a SAM 2 model too,
+/// and each answer is what the prompt gets alone.
+#[tokio::test]
+async fn concurrent_requests_batch_and_answer_as_alone() {
+    let mut cfg = common::config();
+    cfg.models = vec![fixture("sam2-mini")];
+    cfg.decoder_workers = 1;
+    cfg.max_batch_wait = 20_000;
+    let s = Arc::new(TestServer::start(cfg).await);
+    let png = common::synthetic_png(300, 200, 5);
+    let id = s.upload(&png).await["image_id"].as_str().unwrap().to_string();
+    let body = |i: usize| {
+        json!({"prompts": [{"points": [{"x": 20.0 + 25.0 * i as f64, "y": 30.0 + 15.0 * i as f64,
+            "label": 1}], "multimask_output": i % 2 == 0}]})
+    };
+    let mut alone = Vec::new();
+    for i in 0..8 {
+        let (st, b) = s.segment(&id, &body(i)).await;
+        assert_eq!(st, 200);
+        alone.push(b);
+    }
+    let calls_before = s.metric("samserve_batch_size_count", "queue=\"decoder\"").await;
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (s, id, b) = (s.clone(), id.clone(), body(i));
+            tokio::spawn(async move { s.segment(&id, &b).await })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (st, b) = t.await.unwrap();
+        assert_eq!(st, 200);
+        for (x, y) in b["results"][0]["masks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(alone[i]["results"][0]["masks"].as_array().unwrap())
+        {
+            assert_eq!(x["token"], y["token"]);
+            assert!(common::rle_mask(x).iou(&common::rle_mask(y)) > 0.999);
+        }
+    }
+    let calls = s.metric("samserve_batch_size_count", "queue=\"decoder\"").await - calls_before;
+    assert!(calls < 8.0, "8 concurrent requests took {calls} decoder calls");
+}
+
+/// Text prompts search the candidates segment everything finds; on a SAM 2 model with a
+/// text model they answer like on SAM.
+#[tokio::test]
+async fn text_prompts_work_on_a_sam2_model() {
+    let dir = std::env::temp_dir().join(format!("samserve-sam2-text-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mini = fixture("sam2-mini");
+    std::fs::write(
+        dir.join("manifest.json"),
+        json!({
+            "name": "sam2-text",
+            "family": "sam2",
+            "encoder": mini.join("encoder.onnx"),
+            "decoder": mini.join("decoder.onnx"),
+            "input_size": 1024,
+            "text": common::repo().join("models/text-minilm"),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut cfg = common::config();
+    cfg.models = vec![dir.clone()];
+    // The candidate search decodes a 16 x 16 grid: minutes on busy shared cores.
+    cfg.request_timeout_ms = 0;
+    let s = TestServer::start(cfg).await;
+    let png = std::fs::read(common::repo().join("tests/fixtures/text/scene_1700000.png")).unwrap();
+    let id = s.upload(&png).await["image_id"].as_str().unwrap().to_string();
+    let t = std::time::Instant::now();
+    let (st, body) = s
+        .segment(
+            &id,
+            &json!({"prompts": [{"text": "the blue star", "max_masks": 3}]}),
+        )
+        .await;
+    eprintln!("sam2 text prompt: {} ms", t.elapsed().as_millis());
+    assert_eq!(st, 200, "{body}");
+    let masks = body["results"][0]["masks"].as_array().unwrap();
+    assert!(!masks.is_empty());
+    assert!(masks.iter().all(|m| m["text_score"].is_f64()), "{body}");
+    std::fs::remove_dir_all(&dir).ok();
+}

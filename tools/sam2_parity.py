@@ -215,6 +215,40 @@ def generate(args):
     print(f"wrote {args.out}")
 
 
+# Segment everything: with random weights every mask spans the image (and touches every
+# crop's edge, so crop layers would keep none), so the filters are off (pred_iou 0,
+# stability 0, NMS 1.0 keeps all but identical boxes) and every decoded mask is compared.
+EVERYTHING = [
+    ("shapes_333x517.png", {"points_per_side": 3, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
+                            "box_nms_thresh": 1.0}),
+    ("small_97x211.webp", {"points_per_side": 4, "points_per_batch": 5, "pred_iou_thresh": 0.0,
+                           "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}),
+]
+
+
+def everything(args):
+    """Goldens of SAM2AutomaticMaskGenerator (tests/fixtures/sam2/everything.json)."""
+    import torch
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+    import sam2_export
+    from amg_parity import record_of
+    from parity import dump_json, load_rgb
+
+    torch.set_grad_enabled(False)
+    m = sam2_export.build(args.model, args.checkpoint)
+    cases = []
+    for name, params in EVERYTHING:
+        rgb = load_rgb(os.path.join(IMAGES, name))
+        anns = SAM2AutomaticMaskGenerator(m, output_mode="binary_mask", **params).generate(rgb)
+        print(f"{name}: {len(anns)} masks with {params}")
+        cases.append({"image": "parity/images/" + name, "width": rgb.shape[1], "height": rgb.shape[0],
+                      "params": params, "records": [record_of(a) for a in anns]})
+    dump_json({"generated_by": "tools/sam2_parity.py everything", "reference": "sam2==1.1.0 SAM2AutomaticMaskGenerator",
+               "model": args.model, "cases": cases}, args.out)
+    print(f"wrote {args.out}")
+
+
 def check_server(args):
     """Replays the goldens against a running server (or one it starts with --serve) and
     prints per-mask IoU, mean and worst."""
@@ -318,6 +352,10 @@ def main(argv=None):
     g.add_argument("--model", default="mini")
     g.add_argument("--checkpoint", required=True)
     g.add_argument("--out", default=DEFAULT_OUT)
+    e = sub.add_parser("everything", help="segment-everything goldens")
+    e.add_argument("--model", default="mini")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--out", default=os.path.join(REPO, "tests", "fixtures", "sam2", "everything.json"))
     c = sub.add_parser("check-server")
     c.add_argument("--url", default="http://127.0.0.1:8080")
     c.add_argument("--serve", metavar="BINARY", help="start this samserve on --model-dir instead of using --url")
@@ -329,7 +367,7 @@ def main(argv=None):
     c.add_argument("--min-mean", type=float, default=0.99)
     c.add_argument("--min-worst", type=float, default=0.97)
     a = ap.parse_args(argv)
-    return generate(a) if a.cmd == "generate" else check_server(a)
+    return {"generate": generate, "everything": everything, "check-server": check_server}[a.cmd](a)
 
 
 if __name__ == "__main__":
