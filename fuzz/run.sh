@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 SECONDS_PER=${FUZZ_SECONDS:-600}
-TARGETS=${FUZZ_TARGETS:-"image_decode request_json mask_codecs ids_and_store multipart"}
+TARGETS=${FUZZ_TARGETS:-"image_decode request_json mask_codecs ids_and_store multipart store_value"}
 LOGS=../target/fuzz
 mkdir -p "$LOGS"
 

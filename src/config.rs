@@ -198,6 +198,13 @@ pub struct Config {
     )]
     pub embedding_store_lock_ms: u64,
 
+    /// File holding a secret shared by the replicas (at least 16 bytes; surrounding
+    /// whitespace ignored). With it, store values carry a keyed checksum, so values written
+    /// by anyone without the secret (whoever else can write to the store) are refused.
+    /// Without it, a plain checksum still refuses damaged or naively edited values.
+    #[arg(long, env = "SAMSERVE_EMBEDDING_STORE_SECRET_FILE")]
+    pub embedding_store_secret_file: Option<PathBuf>,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "SAMSERVE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

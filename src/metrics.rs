@@ -90,6 +90,8 @@ pub struct StoreMetrics {
     pub seconds: HistogramVec,
     /// Waits on another replica's encode lock, by outcome (`hit`, `holder_gone`, `timeout`).
     pub lock_waits_total: IntCounterVec,
+    /// Images whose value the store has not taken yet (written once it is back).
+    pub pending: IntGauge,
 }
 
 impl Metrics {
@@ -281,6 +283,10 @@ impl Metrics {
                     "samserve_embedding_store_lock_waits_total",
                     "Waits on another replica encoding the same image, by outcome.",
                     &["outcome"],
+                ),
+                pending: gauge(
+                    "samserve_embedding_store_pending",
+                    "Images encoded while the store was down, to be written once it is back.",
                 ),
             },
             text_encode_seconds: histogram(

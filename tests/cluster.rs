@@ -1,342 +1,37 @@
 //! The deployment story, run for real on 127.0.0.1: redis-server, three samserve
 //! processes (the release binary) sharing it through `--embedding-store`, and nginx with
-//! the project's own `docker/nginx.conf` rendered for loopback ports.
+//! the project's own `docker/nginx.conf` rendered for loopback ports; and the shared store
+//! as untrusted input: poisoned values, and values missed during an outage
+//! (`cluster/store.rs`).
 //!
 //! redis-server and nginx come from Debian packages (`.ci/run` installs them). When one is
 //! missing the test fails; set SAMSERVE_SKIP_CLUSTER_TEST=1 to skip it on purpose.
 
 mod common;
+#[path = "cluster/harness.rs"]
+mod harness;
+#[path = "cluster/store.rs"]
+mod store;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-/// A child process killed (SIGKILL) when dropped.
-struct Proc {
-    name: String,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Proc {
-        let out = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc {
-            name: name.to_string(),
-            child: Some(child),
-            log,
-        }
-    }
-
-    /// SIGKILL, then reap.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    /// Panics (with the log) if the process has exited.
-    fn assert_alive(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            if let Ok(Some(status)) = c.try_wait() {
-                panic!("{} exited ({status}):\n{}", self.name, self.log_tail());
-            }
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Finds an executable on PATH or in the sbin folders (nginx lives in /usr/sbin, which a
-/// non-root PATH may lack).
-fn find_exe(name: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':')
-        .map(PathBuf::from)
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn redis_ping(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut buf = [0u8; 16];
-    s.write_all(b"PING\r\n").is_ok()
-        && s.read(&mut buf)
-            .map(|n| &buf[..n] == b"+PONG\r\n")
-            .unwrap_or(false)
-}
-
-/// Sends one command to Redis and returns its raw RESP answer (enough for SET and KEYS).
-fn redis_cmd(port: u16, args: &[&str]) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut req = format!("*{}\r\n", args.len());
-    for a in args {
-        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    s.write_all(req.as_bytes()).unwrap();
-    let mut buf = vec![0u8; 64 * 1024];
-    let n = s.read(&mut buf).unwrap();
-    String::from_utf8_lossy(&buf[..n]).into_owned()
-}
-
-fn start_redis(exe: &Path, port: u16, dir: &Path, n: usize) -> Proc {
-    let mut p = Proc::spawn(
-        "redis-server",
-        Command::new(exe).args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            dir.to_str().unwrap(),
-        ]),
-        dir.join(format!("redis-{n}.log")),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !redis_ping(port) {
-        p.assert_alive();
-        assert!(
-            Instant::now() < deadline,
-            "redis-server did not answer PING"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    p
-}
-
-struct Replica {
-    proc: Proc,
-    base: String,
-}
-
-fn start_replica(i: usize, redis_port: u16, dir: &Path) -> Replica {
-    let port = free_port();
-    let proc = Proc::spawn(
-        &format!("samserve-{i}"),
-        Command::new(env!("CARGO_BIN_EXE_samserve"))
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--encoder-threads",
-                "1",
-                "--decoder-workers",
-                "1",
-                "--embedding-store-lock-ms",
-                "10000",
-            ])
-            .env(
-                "SAMSERVE_EMBEDDING_STORE",
-                format!("redis://127.0.0.1:{redis_port}/0"),
-            )
-            .env("RUST_LOG", "info,ort=warn"),
-        dir.join(format!("samserve-{i}.log")),
-    );
-    Replica {
-        proc,
-        base: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-/// Renders docker/nginx.conf for loopback: the upstream servers between the markers and
-/// the listen address; nothing else changes.
-fn render_nginx(replica_bases: &[String], listen: u16) -> String {
-    let conf = std::fs::read_to_string(common::repo().join("docker/nginx.conf")).unwrap();
-    let mut out = String::new();
-    let mut in_upstreams = false;
-    let mut next_is_listen = false;
-    let (mut saw_upstreams, mut saw_listen) = (false, false);
-    for line in conf.lines() {
-        let t = line.trim();
-        if t == "# SAMSERVE-UPSTREAMS-BEGIN" {
-            in_upstreams = true;
-            saw_upstreams = true;
-            for b in replica_bases {
-                let hostport = b.trim_start_matches("http://");
-                out.push_str(&format!(
-                    "        server {hostport} max_fails=1 fail_timeout=10s;\n"
-                ));
-            }
-            continue;
-        }
-        if t == "# SAMSERVE-UPSTREAMS-END" {
-            in_upstreams = false;
-            continue;
-        }
-        if in_upstreams {
-            continue;
-        }
-        if t == "# SAMSERVE-LISTEN" {
-            next_is_listen = true;
-            continue;
-        }
-        if next_is_listen {
-            assert!(t.starts_with("listen "), "a listen line follows the marker");
-            out.push_str(&format!("        listen 127.0.0.1:{listen};\n"));
-            next_is_listen = false;
-            saw_listen = true;
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    assert!(
-        saw_upstreams && saw_listen,
-        "docker/nginx.conf lost its markers"
-    );
-    out
-}
-
-fn start_nginx(exe: &Path, conf: &str, dir: &Path) -> Proc {
-    let prefix = dir.join("nginx");
-    std::fs::create_dir_all(prefix.join("logs")).unwrap();
-    let conf_path = prefix.join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    // Run as root, nginx's workers drop to `nobody`: they must reach the temp folders that
-    // the master creates (and chowns) under the prefix.
-    use std::os::unix::fs::PermissionsExt;
-    for d in [dir, &prefix] {
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let p = prefix.to_str().unwrap();
-    Proc::spawn(
-        "nginx",
-        Command::new(exe).args([
-            "-p",
-            &format!("{p}/"),
-            "-c",
-            conf_path.to_str().unwrap(),
-            "-e",
-            &format!("{p}/logs/error.log"),
-            "-g",
-            &format!("daemon off; master_process on; pid {p}/nginx.pid;"),
-        ]),
-        dir.join("nginx.stdout.log"),
-    )
-}
-
-/// Temp folder removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::env::var_os("SAMSERVE_KEEP_CLUSTER_DIR").is_none() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-async fn metric_each(client: &reqwest::Client, bases: &[&str], name: &str, f: &str) -> Vec<f64> {
-    let mut out = Vec::new();
-    for b in bases {
-        out.push(common::metric_at(client, b, name, f).await);
-    }
-    out
-}
-
-fn click(i: usize) -> Value {
-    json!({"prompts": [{"points": [{"x": 40 + (i % 5) * 30, "y": 50 + (i % 3) * 40, "label": 1}]}]})
-}
-
-async fn put(client: &reqwest::Client, base: &str, png: &[u8]) -> (u16, Value) {
-    let id = samserve::core::engine::image_id_of(png);
-    let r = client
-        .put(format!("{base}/v1/images/{id}"))
-        .header("content-type", "image/png")
-        .body(png.to_vec())
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-async fn segment(client: &reqwest::Client, base: &str, id: &str, body: &Value) -> (u16, Value) {
-    match client
-        .post(format!("{base}/v1/images/{id}/segment"))
-        .json(body)
-        .send()
-        .await
-    {
-        Ok(r) => {
-            let status = r.status().as_u16();
-            (status, r.json().await.unwrap_or(Value::Null))
-        }
-        Err(e) => (0, json!({"transport_error": e.to_string()})),
-    }
-}
-
-fn sum(v: &[f64]) -> f64 {
-    v.iter().sum()
-}
-
-fn delta(after: &[f64], before: &[f64]) -> Vec<f64> {
-    after.iter().zip(before).map(|(a, b)| a - b).collect()
-}
+use harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_of_three_behind_nginx_with_a_shared_store() {
-    if std::env::var("SAMSERVE_SKIP_CLUSTER_TEST").as_deref() == Ok("1") {
-        eprintln!("SKIPPED: SAMSERVE_SKIP_CLUSTER_TEST=1");
+    if !cluster_tests_enabled() {
         return;
     }
-    let redis_exe = find_exe("redis-server").expect(
-        "redis-server is not installed (apt-get install redis-server; .ci/run does it). \
-         Set SAMSERVE_SKIP_CLUSTER_TEST=1 to skip this test on purpose.",
-    );
+    let redis_exe = redis_exe();
     let nginx_exe = find_exe("nginx").expect(
         "nginx is not installed (apt-get install nginx; .ci/run does it). \
          Set SAMSERVE_SKIP_CLUSTER_TEST=1 to skip this test on purpose.",
     );
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let tmp = TempDir(
-        std::env::temp_dir().join(format!("samserve-cluster-{}-{nanos}", std::process::id())),
-    );
-    std::fs::create_dir_all(&tmp.0).unwrap();
+    let tmp = temp_dir("cluster");
     let dir = tmp.0.clone();
 
     let redis_port = free_port();
@@ -346,23 +41,10 @@ async fn cluster_of_three_behind_nginx_with_a_shared_store() {
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
     for r in &mut replicas {
-        loop {
-            r.proc.assert_alive();
-            let ok = client
-                .get(format!("{}/readyz", r.base))
-                .send()
-                .await
-                .map(|x| x.status() == 200)
-                .unwrap_or(false);
-            if ok {
-                break;
-            }
-            assert!(Instant::now() < deadline, "replica never became ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_ready(&client, r).await;
     }
+    let deadline = Instant::now() + Duration::from_secs(300);
     let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
     let b: Vec<&str> = bases.iter().map(String::as_str).collect();
     let nginx_port = free_port();
@@ -481,7 +163,7 @@ async fn cluster_of_three_behind_nginx_with_a_shared_store() {
         .find(|l| l.starts_with("samserve:emb:"))
         .expect("stored embeddings")
         .to_string();
-    // samserve:emb:v1:{model}:{fingerprint}:{id} -> samserve:lock:{model}:{fingerprint}:{id}
+    // samserve:emb:v2:{model}:{fingerprint}:{id} -> samserve:lock:{model}:{fingerprint}:{id}
     let parts: Vec<&str> = value_key.split(':').collect();
     let img_d = common::synthetic_png(344, 258, 777);
     let id_d = samserve::core::engine::image_id_of(&img_d);

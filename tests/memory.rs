@@ -154,5 +154,60 @@ async fn peak_memory_of_one_request_is_bounded_whatever_the_shape() {
     assert_eq!(st, 200, "{report:?}");
     // The 16-bit decoder output (8 bytes per pixel) comes on top of the 8-bit bound.
     assert!(grew <= bound(4_000, 4_000) + 8 * 16_000_000, "{report:?}");
+    // A PNG carrying a zlib-compressed ICC profile that inflates to 1 GiB (the file is
+    // about 1 MB): before, the header pass alone inflated it up to the image crate's default
+    // 512 MiB limit (+511 MB per request). Its metadata is never inflated now: 200, and the
+    // same bound as any image of its size.
+    let (w, h) = (384u32, 227u32);
+    let bomb = with_icc_bomb(&image_png(w, h, false), 1 << 30);
+    let (st, grew) = upload_and_click(&s, bomb, w, h).await;
+    report.push(format!(
+        "{w}x{h} with a 1 GiB iCCP: {st}, +{} MiB",
+        grew / MIB
+    ));
+    assert_eq!(st, 200, "{report:?}");
+    assert!(grew <= bound(w as u64, h as u64), "{report:?}");
     eprintln!("peak RSS growth per request: {report:?}");
+}
+
+/// A zlib stream that inflates to `size` zero bytes (a multiple of 1 MiB), about `size /
+/// 1000` long: one byte-aligned deflate block of 1 MiB of zeros, repeated (every
+/// back-reference of a block of zeros reads zeros), then an empty final block and the
+/// Adler-32 of the zeros.
+fn zlib_zeros(size: u64) -> Vec<u8> {
+    use flate2::{Compress, Compression, FlushCompress};
+    let block = {
+        let mut c = Compress::new(Compression::best(), false);
+        let mut out = Vec::with_capacity(1 << 16);
+        c.compress_vec(&vec![0u8; 1 << 20], &mut out, FlushCompress::Sync)
+            .unwrap();
+        assert_eq!(c.total_in(), 1 << 20);
+        out
+    };
+    let mut z = vec![0x78, 0xda];
+    for _ in 0..size >> 20 {
+        z.extend_from_slice(&block);
+    }
+    z.extend_from_slice(&[0x03, 0x00]); // final fixed-Huffman block with no data
+    let adler_b = (size % 65521) as u32; // a = 1, b = size (mod 65521) for zeros
+    z.extend_from_slice(&((adler_b << 16) | 1).to_be_bytes());
+    z
+}
+
+/// The PNG with an `iCCP` chunk before its image data whose profile inflates to `size` bytes.
+fn with_icc_bomb(png: &[u8], size: u64) -> Vec<u8> {
+    let mut data = b"bomb\0\0".to_vec(); // profile name, NUL, compression method 0
+    data.extend_from_slice(&zlib_zeros(size));
+    let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+    let mut crc = flate2::Crc::new();
+    crc.update(b"iCCP");
+    crc.update(&data);
+    chunk.extend_from_slice(b"iCCP");
+    chunk.extend_from_slice(&data);
+    chunk.extend_from_slice(&crc.sum().to_be_bytes());
+    // After the signature (8 bytes) and IHDR (25 bytes).
+    let mut out = png[..33].to_vec();
+    out.extend_from_slice(&chunk);
+    out.extend_from_slice(&png[33..]);
+    out
 }

@@ -376,13 +376,14 @@ struct AmgRecord {
 #[tokio::test]
 async fn everything_matches_sam2s_generator() {
     let dir = common::repo().join("tests/fixtures");
-    let goldens: AmgGoldens = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("sam2/everything.json")).unwrap(),
-    )
-    .unwrap();
+    let goldens: AmgGoldens =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("sam2/everything.json")).unwrap())
+            .unwrap();
     let s = server(&["sam2-mini"]).await;
     for case in &goldens.cases {
-        let id = s.upload(&std::fs::read(dir.join(&case.image)).unwrap()).await["image_id"]
+        let id = s
+            .upload(&std::fs::read(dir.join(&case.image)).unwrap())
+            .await["image_id"]
             .as_str()
             .unwrap()
             .to_string();
@@ -434,7 +435,11 @@ async fn everything_matches_sam2s_generator() {
             case.image,
             ious.len()
         );
-        assert!(mean >= 0.99 && worst >= 0.97, "{}: {mean} {worst}", case.image);
+        assert!(
+            mean >= 0.99 && worst >= 0.97,
+            "{}: {mean} {worst}",
+            case.image
+        );
     }
 }
 
@@ -448,7 +453,10 @@ async fn concurrent_requests_batch_and_answer_as_alone() {
     cfg.max_batch_wait = 20_000;
     let s = Arc::new(TestServer::start(cfg).await);
     let png = common::synthetic_png(300, 200, 5);
-    let id = s.upload(&png).await["image_id"].as_str().unwrap().to_string();
+    let id = s.upload(&png).await["image_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let body = |i: usize| {
         json!({"prompts": [{"points": [{"x": 20.0 + 25.0 * i as f64, "y": 30.0 + 15.0 * i as f64,
             "label": 1}], "multimask_output": i % 2 == 0}]})
@@ -459,7 +467,9 @@ async fn concurrent_requests_batch_and_answer_as_alone() {
         assert_eq!(st, 200);
         alone.push(b);
     }
-    let calls_before = s.metric("samserve_batch_size_count", "queue=\"decoder\"").await;
+    let calls_before = s
+        .metric("samserve_batch_size_count", "queue=\"decoder\"")
+        .await;
     let tasks: Vec<_> = (0..8)
         .map(|i| {
             let (s, id, b) = (s.clone(), id.clone(), body(i));
@@ -479,8 +489,14 @@ async fn concurrent_requests_batch_and_answer_as_alone() {
             assert!(common::rle_mask(x).iou(&common::rle_mask(y)) > 0.999);
         }
     }
-    let calls = s.metric("samserve_batch_size_count", "queue=\"decoder\"").await - calls_before;
-    assert!(calls < 8.0, "8 concurrent requests took {calls} decoder calls");
+    let calls = s
+        .metric("samserve_batch_size_count", "queue=\"decoder\"")
+        .await
+        - calls_before;
+    assert!(
+        calls < 8.0,
+        "8 concurrent requests took {calls} decoder calls"
+    );
 }
 
 /// Text prompts search the candidates segment everything finds; on a SAM 2 model with a
@@ -509,7 +525,10 @@ async fn text_prompts_work_on_a_sam2_model() {
     cfg.request_timeout_ms = 0;
     let s = TestServer::start(cfg).await;
     let png = std::fs::read(common::repo().join("tests/fixtures/text/scene_1700000.png")).unwrap();
-    let id = s.upload(&png).await["image_id"].as_str().unwrap().to_string();
+    let id = s.upload(&png).await["image_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let t = std::time::Instant::now();
     let (st, body) = s
         .segment(

@@ -37,6 +37,18 @@ pub struct ExposureConfig {
     #[arg(long, env = "SAMSERVE_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
 
+    /// Most open connections of one client address (an IPv4 address or an IPv6 /64); a
+    /// connection past it is answered 429 at once and closed, so no one client holds every
+    /// slot of --max-connections (0 = no cap). Behind a reverse proxy every connection
+    /// comes from the proxy's address: raise it above the proxy's upstream connections, or
+    /// set 0 and cap clients at the proxy.
+    #[arg(
+        long,
+        env = "SAMSERVE_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 256
+    )]
+    pub max_connections_per_address: usize,
+
     /// Most requests one client (API key, or address when keys are off) has in progress;
     /// 429 `too_many_requests` above it (0 = no cap).
     #[arg(long, env = "SAMSERVE_MAX_REQUESTS_PER_CLIENT", default_value_t = 0)]

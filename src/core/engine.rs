@@ -502,7 +502,21 @@ impl Engine {
             everything_max_crops: config.everything_max_crops,
             ready: AtomicBool::new(true),
         };
-        Ok(Arc::new(engine))
+        let engine = Arc::new(engine);
+        // Values the store missed during an outage are written once it is back.
+        if engine.store.is_some() && tokio::runtime::Handle::try_current().is_ok() {
+            super::store::backfill::spawn_rounds(
+                Arc::downgrade(&engine),
+                |e: Arc<Engine>| async move {
+                    if let Some(store) = &e.store {
+                        store
+                            .backfill_round(&e.cache, |m| e.models.get(m).map(|h| &h.store_tag))
+                            .await;
+                    }
+                },
+            );
+        }
+        Ok(engine)
     }
 
     /// Most prompts one request may carry.
@@ -607,7 +621,14 @@ impl Engine {
             })
             .await;
         let mut lookup = lookup?;
-        lookup.cached |= from_store.load(Ordering::Relaxed);
+        let from_store = from_store.load(Ordering::Relaxed);
+        if let (Some(store), true, false) = (&self.store, lookup.cached, from_store) {
+            // A local hit whose value the store missed while it was down: write it now.
+            store
+                .backfill_one(&handle.store_tag, &image_id, &lookup.embedding)
+                .await;
+        }
+        lookup.cached |= from_store;
         self.originals.insert(original.0, original.1).await;
         let counter = if lookup.cached {
             &self.metrics.cache_hits_total

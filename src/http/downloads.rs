@@ -14,6 +14,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 /// Query of `GET /v1/images/{image_id}/embedding`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct EmbeddingQuery {
     /// Model name; the server's default model when omitted.
     pub model: Option<String>,
@@ -92,7 +93,7 @@ fn file_response(
                 ("ETag" = String, description = "blake3 of the body; send If-None-Match for a 304"),
             )),
         (status = 304, description = "Not modified (If-None-Match matched)"),
-        (status = 400, description = "Malformed image id or unsupported dtype", body = ErrorBody),
+        (status = 400, description = "Malformed image id, unsupported dtype or unknown query parameter", body = ErrorBody),
         (status = 404, description = "Unknown image (or evicted) or model", body = ErrorBody),
     )
 )]

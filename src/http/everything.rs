@@ -251,7 +251,7 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
         example = json!({"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0})))),
     responses(
         (status = 200, description = "Generated masks (JSON, or NDJSON lines when asked)", body = EverythingResponse),
-        (status = 400, description = "Malformed body or image id", body = ErrorBody),
+        (status = 400, description = "Malformed body, image id or unknown query parameter", body = ErrorBody),
         (status = 413, description = "Body over the limit, or the grid asks for more points or crops than --everything-max-points / --everything-max-crops allow", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 404, description = "Unknown image or model", body = ErrorBody),
@@ -283,8 +283,8 @@ pub async fn everything(
     responses(
         (status = 200, description = "Generated masks", body = EverythingResponse),
         (status = 404, description = "Unknown model", body = ErrorBody),
-        (status = 400, description = "Malformed body or corrupt image", body = ErrorBody),
-        (status = 413, description = "Over a limit (body, pixels, or the grid's points or crops: --everything-max-points / --everything-max-crops)", body = ErrorBody),
+        (status = 400, description = "Malformed body, corrupt image or unknown query parameter", body = ErrorBody),
+        (status = 413, description = "Over a limit: body (--max-body-bytes), pixels (--max-image-pixels), aspect ratio (--max-aspect-ratio) or decoded size (--max-decoded-bytes), or the grid's points or crops (--everything-max-points / --everything-max-crops)", body = ErrorBody),
         (status = 415, description = "Unsupported type", body = ErrorBody),
         (status = 422, description = "Invalid parameters", body = ErrorBody),
     )

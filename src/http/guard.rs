@@ -56,9 +56,12 @@ pub struct Guard {
 }
 
 /// Parses a keys file: one key per line, `key`, `id:key`, or `id:blake3:HEX` (the hash of
-/// the key instead of the key); blank lines and `#` comments are skipped.
+/// the key instead of the key); blank lines and `#` comments are skipped. A line with an
+/// empty id or an empty key, an id used twice and a key listed twice are errors (an empty
+/// key would admit a request with an empty key header; a repeated id or key makes the
+/// identity in the log and the per-client cap ambiguous).
 fn parse_keys(text: &str) -> anyhow::Result<Vec<KeyEntry>> {
-    let mut keys = Vec::new();
+    let mut keys: Vec<KeyEntry> = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -72,10 +75,16 @@ fn parse_keys(text: &str) -> anyhow::Result<Vec<KeyEntry>> {
                         anyhow::anyhow!("line {}: 'blake3:' needs 64 hex digits", n + 1)
                     })?,
                 },
-                None => KeyEntry {
-                    id: id.to_string(),
-                    hash: blake3::hash(rest.as_bytes()),
-                },
+                None => {
+                    let key = rest.trim();
+                    if key.is_empty() {
+                        anyhow::bail!("line {}: the key of '{id}' is empty", n + 1);
+                    }
+                    KeyEntry {
+                        id: id.to_string(),
+                        hash: blake3::hash(key.as_bytes()),
+                    }
+                }
             },
             None => KeyEntry {
                 // An id derived from the hash: stable, and says nothing about the key.
@@ -87,6 +96,16 @@ fn parse_keys(text: &str) -> anyhow::Result<Vec<KeyEntry>> {
             anyhow::bail!(
                 "line {}: the key id must be non-empty without spaces",
                 n + 1
+            );
+        }
+        if keys.iter().any(|k| k.id == entry.id) {
+            anyhow::bail!("line {}: the key id '{}' is used twice", n + 1, entry.id);
+        }
+        if let Some(k) = keys.iter().find(|k| k.hash == entry.hash) {
+            anyhow::bail!(
+                "line {}: the same key as '{}' (each key once, under one id)",
+                n + 1,
+                k.id
             );
         }
         keys.push(entry);
@@ -140,6 +159,16 @@ impl Guard {
         let n = keys.len();
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(keys));
         Ok(n)
+    }
+
+    /// Whether API keys are required (`--api-keys-file`).
+    pub fn keys_on(&self) -> bool {
+        self.keys_file.is_some()
+    }
+
+    /// Whether /metrics needs a key too.
+    pub fn metrics_require_key(&self) -> bool {
+        self.metrics_require_key
     }
 
     fn keys(&self) -> Option<Arc<Vec<KeyEntry>>> {
@@ -209,19 +238,21 @@ impl Drop for ClientSlot {
     }
 }
 
-/// The key from `Authorization: Bearer KEY` or `X-API-Key: KEY`.
+/// The key from `Authorization: Bearer KEY` or `X-API-Key: KEY`; an empty key is no key.
 fn presented_key(headers: &HeaderMap) -> Option<String> {
-    if let Some(v) = headers.get(axum::http::header::AUTHORIZATION) {
+    let key = if let Some(v) = headers.get(axum::http::header::AUTHORIZATION) {
         let v = v.to_str().ok()?.trim();
         let (scheme, token) = v.split_once(' ')?;
-        return scheme
+        scheme
             .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_string());
-    }
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim().to_string())
+            .then(|| token.trim().to_string())?
+    } else {
+        headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.trim().to_string())?
+    };
+    (!key.is_empty()).then_some(key)
 }
 
 /// Middleware: API key check (401), then the per-client cap (429). The identity goes on the
@@ -307,6 +338,25 @@ mod tests {
     }
 
     #[test]
+    fn refuses_empty_keys_and_repeats() {
+        let err = |text: &str| parse_keys(text).err().map(|e| e.to_string());
+        for text in ["alice:\n", "alice:   \n", "alice:\t\n", "ok:k\nalice:\n"] {
+            let e = err(text).unwrap_or_else(|| panic!("{text:?} loaded"));
+            assert!(e.contains("empty"), "{e}");
+        }
+        assert!(err(":key\n").unwrap().contains("id"));
+        let e = err("alice:k1\nalice:k2\n").unwrap();
+        assert!(e.contains("line 2") && e.contains("twice"), "{e}");
+        let e = err("alice:same\nbob:same\n").unwrap();
+        assert!(e.contains("same key") && !e.contains("same\n"), "{e}");
+        let hashed = blake3::hash(b"k").to_hex();
+        assert!(err(&format!("a:k\nb:blake3:{hashed}\n")).is_some());
+        // A key with spaces around it is the key without them (as presented keys are).
+        let keys = parse_keys("alice:  k1  \n").unwrap();
+        assert_eq!(keys[0].hash, blake3::hash(b"k1"));
+    }
+
+    #[test]
     fn reads_bearer_and_x_api_key() {
         let mut h = HeaderMap::new();
         assert_eq!(presented_key(&h), None);
@@ -315,6 +365,14 @@ mod tests {
         h.insert("authorization", "bearer k2".parse().unwrap());
         assert_eq!(presented_key(&h).as_deref(), Some("k2"));
         h.insert("authorization", "Basic abc".parse().unwrap());
+        assert_eq!(presented_key(&h), None);
+        // Empty keys are no keys.
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", "".parse().unwrap());
+        assert_eq!(presented_key(&h), None);
+        h.insert("x-api-key", "  ".parse().unwrap());
+        assert_eq!(presented_key(&h), None);
+        h.insert("authorization", "Bearer  ".parse().unwrap());
         assert_eq!(presented_key(&h), None);
     }
 }

@@ -51,9 +51,9 @@ fn upload_bytes(p: Payload) -> ApiResult<Bytes> {
                 ("get_image" = (operation_id = "get_image", parameters(("image_id" = "$response.body#/image_id")))),
                 ("delete_image" = (operation_id = "delete_image", parameters(("image_id" = "$response.body#/image_id")))),
             )),
-        (status = 400, description = "Corrupt image or malformed body", body = ErrorBody),
+        (status = 400, description = "Corrupt image, malformed body or unknown query parameter", body = ErrorBody),
         (status = 404, description = "Unknown model", body = ErrorBody),
-        (status = 413, description = "Body or pixel count over the limit", body = ErrorBody),
+        (status = 413, description = "Over a limit: body (--max-body-bytes), pixels (--max-image-pixels), aspect ratio (--max-aspect-ratio) or decoded size (--max-decoded-bytes)", body = ErrorBody),
         (status = 415, description = "Unsupported content or image type", body = ErrorBody),
         (status = 429, description = "Overloaded, retry later", body = ErrorBody),
     )
@@ -81,9 +81,9 @@ pub async fn upload(
             (ImageJson = "application/json", example = json!({"image": EXAMPLE_PNG_BASE64})))),
     responses(
         (status = 200, description = "Image embedded (or already cached)", body = ImageResponse),
-        (status = 400, description = "Hash mismatch, corrupt image or malformed body", body = ErrorBody),
+        (status = 400, description = "Hash mismatch, corrupt image, malformed body or unknown query parameter", body = ErrorBody),
         (status = 404, description = "Unknown model", body = ErrorBody),
-        (status = 413, description = "Over a limit", body = ErrorBody),
+        (status = 413, description = "Over a limit: body (--max-body-bytes), pixels (--max-image-pixels), aspect ratio (--max-aspect-ratio) or decoded size (--max-decoded-bytes)", body = ErrorBody),
         (status = 415, description = "Unsupported type", body = ErrorBody),
     )
 )]
@@ -107,7 +107,7 @@ pub async fn put_image(
     params(("image_id" = String, Path, description = "Image id", pattern = "^[0-9a-f]{64}$", example = json!(EXAMPLE_PNG_ID)), ModelQuery),
     responses(
         (status = 200, description = "The image is cached", body = ImageResponse),
-        (status = 400, description = "Malformed image id", body = ErrorBody),
+        (status = 400, description = "Malformed image id or unknown query parameter", body = ErrorBody),
         (status = 404, description = "Unknown image (or evicted) or model", body = ErrorBody),
     )
 )]
@@ -134,7 +134,7 @@ pub async fn get_image(
 #[utoipa::path(
     head, path = "/v1/images/{image_id}", tag = "images",
     params(("image_id" = String, Path, description = "Image id", pattern = "^[0-9a-f]{64}$", example = json!(EXAMPLE_PNG_ID)), ModelQuery),
-    responses((status = 200, description = "Cached"), (status = 400, description = "Malformed image id"),
+    responses((status = 200, description = "Cached"), (status = 400, description = "Malformed image id or unknown query parameter"),
         (status = 404, description = "Not cached, or unknown model"))
 )]
 pub async fn head_image(
@@ -161,7 +161,7 @@ pub async fn head_image(
     params(("image_id" = String, Path, description = "Image id", pattern = "^[0-9a-f]{64}$", example = json!(EXAMPLE_PNG_ID)), ModelQuery),
     responses(
         (status = 204, description = "Removed"),
-        (status = 400, description = "Malformed image id", body = ErrorBody),
+        (status = 400, description = "Malformed image id or unknown query parameter", body = ErrorBody),
         (status = 404, description = "Not cached", body = ErrorBody),
     )
 )]
@@ -185,7 +185,7 @@ pub async fn delete_image(
         example = json!({"prompts": [{"points": [{"x": 16, "y": 12, "label": 1}]}]})))),
     responses(
         (status = 200, description = "Masks per prompt", body = SegmentResponse),
-        (status = 400, description = "Malformed body or image id", body = ErrorBody),
+        (status = 400, description = "Malformed body, image id or unknown query parameter", body = ErrorBody),
         (status = 413, description = "Body over the limit", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 404, description = "Unknown image or model", body = ErrorBody),
@@ -246,8 +246,8 @@ async fn run_segment(
     responses(
         (status = 200, description = "Masks per prompt", body = SegmentResponse),
         (status = 404, description = "Unknown model", body = ErrorBody),
-        (status = 400, description = "Malformed body or corrupt image", body = ErrorBody),
-        (status = 413, description = "Over a limit", body = ErrorBody),
+        (status = 400, description = "Malformed body, corrupt image or unknown query parameter", body = ErrorBody),
+        (status = 413, description = "Over a limit: body (--max-body-bytes), pixels (--max-image-pixels), aspect ratio (--max-aspect-ratio) or decoded size (--max-decoded-bytes)", body = ErrorBody),
         (status = 415, description = "Unsupported type", body = ErrorBody),
         (status = 422, description = "Invalid prompt", body = ErrorBody),
     )

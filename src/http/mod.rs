@@ -2,6 +2,7 @@
 //! [`crate::core::engine::Engine`].
 
 pub mod access;
+pub mod address_slots;
 pub mod body;
 pub mod cors;
 pub mod downloads;
@@ -43,8 +44,8 @@ pub struct AppState {
     pub request_timeout: Option<std::time::Duration>,
     /// API keys and per-client limits (open by default).
     pub guard: Arc<guard::Guard>,
-    /// Origins allowed by CORS (empty: no CORS headers).
-    pub cors_allow_origins: Vec<String>,
+    /// Origins allowed by CORS (none: no CORS headers).
+    pub cors: Arc<cors::CorsPolicy>,
 }
 
 impl AppState {
@@ -56,7 +57,7 @@ impl AppState {
             max_body_bytes,
             request_timeout: None,
             guard: Arc::new(guard::Guard::open()),
-            cors_allow_origins: Vec::new(),
+            cors: Arc::new(cors::CorsPolicy::default()),
         }
     }
 
@@ -74,13 +75,13 @@ impl AppState {
     }
 
     /// Applies the exposure flags: API keys, per-client cap, CORS origins. Fails when the
-    /// keys file cannot be read.
+    /// keys file cannot be read or the CORS origins are contradictory.
     pub fn with_exposure(
         mut self,
         config: &crate::config::exposure::ExposureConfig,
     ) -> anyhow::Result<Self> {
         self.guard = Arc::new(guard::Guard::from_config(config)?);
-        self.cors_allow_origins = config.cors_allow_origins.clone();
+        self.cors = Arc::new(cors::CorsPolicy::new(&config.cors_allow_origins)?);
         Ok(self)
     }
 
@@ -134,7 +135,11 @@ pub fn router(state: AppState) -> Router {
         // Outermost last: access log and request id around everything, CORS around the key
         // check (preflights carry no key, and a 401 must be readable cross-origin).
         .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
-        .layer(cors::layer(&state.cors_allow_origins))
+        .layer(cors::layer(&state.cors))
+        .layer(middleware::from_fn_with_state(
+            state.cors.clone(),
+            cors::only_allowed,
+        ))
         .layer(middleware::from_fn(access::access))
         .with_state(state)
 }
@@ -191,7 +196,7 @@ async fn track_metrics(State(state): State<AppState>, req: Request, next: Next) 
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let start = Instant::now();
     let m = &state.metrics;
     // A guard, because a client that disconnects drops this future midway.
@@ -214,10 +219,28 @@ async fn track_metrics(State(state): State<AppState>, req: Request, next: Next) 
         None => next.run(req).await,
     };
     m.http_request_duration_seconds
-        .with_label_values(&[&route, &method])
+        .with_label_values(&[&route, method])
         .observe(start.elapsed().as_secs_f64());
     m.http_requests_total
-        .with_label_values(&[&route, &method, resp.status().as_str()])
+        .with_label_values(&[&route, method, resp.status().as_str()])
         .inc();
     resp
+}
+
+/// The `method` label of the HTTP metrics: the standard methods by name, anything else
+/// (a client may send any token as a method) as `other`, so the label stays bounded.
+pub fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
 }

@@ -121,11 +121,58 @@ impl utoipa::Modify for Hardening {
     }
 }
 
-/// The document as pretty JSON, exactly as committed in `openapi/openapi.json`.
+/// The document as pretty JSON, exactly as committed in `openapi/openapi.json`: keys are
+/// optional (each guarded operation lists the anonymous requirement `{}` beside the two
+/// key schemes), as on a server without `--api-keys-file`.
 pub fn openapi_json() -> String {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("OpenAPI serializes");
     super::openapi_rules::apply(&mut doc);
-    let mut s = serde_json::to_string_pretty(&doc)
+    to_text(&doc)
+}
+
+/// The document a server serves at `/openapi.json`: with API keys on, the guarded operations
+/// require a key (no anonymous `{}` alternative), so a client can tell from the document;
+/// `/metrics` keeps `{}` unless `--metrics-require-key`. Built once per variant.
+pub fn served_openapi_json(keys_on: bool, metrics_require_key: bool) -> &'static str {
+    static DOCS: [std::sync::OnceLock<String>; 3] = [const { std::sync::OnceLock::new() }; 3];
+    let variant = match (keys_on, metrics_require_key) {
+        (false, _) => 0,
+        (true, false) => 1,
+        (true, true) => 2,
+    };
+    DOCS[variant].get_or_init(|| {
+        let mut doc: serde_json::Value =
+            serde_json::from_str(&openapi_json()).expect("our document parses");
+        if keys_on {
+            require_keys(&mut doc, metrics_require_key);
+        }
+        to_text(&doc)
+    })
+}
+
+/// Drops the anonymous `{}` requirement from every guarded operation (and from /metrics
+/// when it is guarded too).
+fn require_keys(doc: &mut serde_json::Value, metrics_require_key: bool) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        if path == "/metrics" && !metrics_require_key {
+            continue;
+        }
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for op in item.values_mut() {
+            if let Some(reqs) = op.get_mut("security").and_then(|s| s.as_array_mut()) {
+                reqs.retain(|r| r.as_object().is_some_and(|o| !o.is_empty()));
+            }
+        }
+    }
+}
+
+fn to_text(doc: &serde_json::Value) -> String {
+    let mut s = serde_json::to_string_pretty(doc)
         .expect("OpenAPI serializes")
         // utoipa 5 writes a Link's operation id in snake case; OpenAPI spells it operationId
         // (operations' own ids are already `operationId`, so only links match).

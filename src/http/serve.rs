@@ -10,20 +10,29 @@
 //!
 //! Only HTTP/1.1 is served: sniffing for an HTTP/2 preface would itself wait on the client
 //! before any timer runs.
+//!
+//! One client address holds at most `--max-connections-per-address` of the connection
+//! slots ([`super::address_slots`]); its further connections are answered 429 at once and
+//! closed, so the other slots stay free for other clients.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
+use axum::response::IntoResponse;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
+use super::address_slots::AddressSlots;
 use crate::config::Config;
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 /// Connection-level limits.
@@ -34,6 +43,8 @@ pub struct ServeOptions {
     pub header_timeout: Option<Duration>,
     /// Most open connections; 0 = no cap.
     pub max_connections: usize,
+    /// Most open connections of one client address; 0 = no cap.
+    pub max_connections_per_address: usize,
     /// After the shutdown signal, how long in-flight requests may take to finish.
     pub shutdown_grace: Duration,
 }
@@ -46,6 +57,7 @@ impl ServeOptions {
             header_timeout: (e.header_timeout_ms > 0)
                 .then(|| Duration::from_millis(e.header_timeout_ms)),
             max_connections: e.max_connections,
+            max_connections_per_address: e.max_connections_per_address,
             shutdown_grace: Duration::from_millis(config.request_timeout_ms.max(1000)),
         }
     }
@@ -65,6 +77,9 @@ pub async fn serve(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new());
     builder.header_read_timeout(opts.header_timeout);
+    let per_address = AddressSlots::new(opts.max_connections_per_address);
+    let refusal = refusal_bytes(opts.max_connections_per_address).await;
+    let refusing = Arc::new(AtomicUsize::new(0));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         // Wait for a free connection slot before accepting: excess connections queue in the
@@ -89,6 +104,15 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let Some(address_slot) = per_address.take(remote.ip()) else {
+            metrics
+                .rejected_total
+                .with_label_values(&["connection_limit"])
+                .inc();
+            drop(permit);
+            refuse(stream, refusal.clone(), refusing.clone());
+            continue;
+        };
         let svc = hyper::service::service_fn({
             let app = app.clone();
             move |mut req: hyper::Request<hyper::body::Incoming>| {
@@ -106,6 +130,7 @@ pub async fn serve(
                 tracing::debug!(client = %remote, error = %e, timeout = e.is_timeout(), "connection closed");
             }
             open.dec();
+            drop(address_slot);
             drop(permit);
         });
     }
@@ -117,4 +142,73 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Most refused connections being closed at once; past it they are dropped without an
+/// answer.
+const MAX_REFUSING: usize = 256;
+
+/// The answer to a connection over the per-address cap: a whole HTTP/1.1 429 response with
+/// the API's JSON error body, then the connection closes.
+async fn refusal_bytes(max: usize) -> Arc<[u8]> {
+    let resp = ApiError::TooManyRequests {
+        message: format!(
+            "this address already has {max} open connections (--max-connections-per-address)"
+        ),
+        retry_after_secs: 1,
+    }
+    .into_response();
+    let (parts, body) = resp.into_parts();
+    let body = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        parts.status.as_u16(),
+        parts.status.canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(
+        format!(
+            "content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(&body);
+    out.into()
+}
+
+/// Answers a refused connection and closes it: the response, then (for at most a second)
+/// whatever the client still sends is read and dropped, so that the close does not reset
+/// the connection before the client has read the answer.
+fn refuse(mut stream: TcpStream, answer: Arc<[u8]>, refusing: Arc<AtomicUsize>) {
+    if refusing.fetch_add(1, Ordering::Relaxed) >= MAX_REFUSING {
+        refusing.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            stream.write_all(&answer).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            let mut left: usize = 64 * 1024;
+            while left > 0 {
+                let n = stream.read(&mut sink).await?;
+                if n == 0 {
+                    break;
+                }
+                left = left.saturating_sub(n);
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+        refusing.fetch_sub(1, Ordering::Relaxed);
+    });
 }

@@ -103,10 +103,13 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 /// The OpenAPI document of this server.
 #[utoipa::path(get, path = "/openapi.json", tag = "system",
     responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
-pub async fn openapi_json() -> impl IntoResponse {
+pub async fn openapi_json(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        super::openapi::openapi_json(),
+        super::openapi::served_openapi_json(
+            state.guard.keys_on(),
+            state.guard.metrics_require_key(),
+        ),
     )
 }
 

@@ -8,9 +8,11 @@ use crate::core::masks::polygon::Polygon;
 use crate::core::masks::rle::CocoRle;
 use crate::core::prompts::Prompt;
 
-/// `?model=` query parameter accepted by the image routes.
+/// `?model=` query parameter accepted by the image routes; any other parameter is a 400
+/// (a misspelt `?modle=` would otherwise silently use the default model).
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ModelQuery {
     /// Model name; the server's default model when omitted.
     pub model: Option<String>,

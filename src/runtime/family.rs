@@ -128,6 +128,17 @@ pub enum Resize {
     Stretch,
 }
 
+impl Resize {
+    /// The size of a `width x height` image in the encoder's `input_size` frame: SAM's
+    /// long-side rule, or the whole `input_size x input_size` square.
+    pub fn frame_size(self, width: u32, height: u32, input_size: usize) -> (u32, u32) {
+        match self {
+            Resize::LongSidePad => super::preprocess::resized_size(width, height, input_size),
+            Resize::Stretch => (input_size as u32, input_size as u32),
+        }
+    }
+}
+
 impl Family {
     /// The family a manifest names (`sam2`, `sam2.1` -> SAM 2; anything else is SAM-like).
     pub fn from_manifest(name: &str) -> Family {

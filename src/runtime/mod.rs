@@ -15,6 +15,7 @@ pub mod onnx_io;
 pub mod onnx_ops;
 pub mod onnx_prune;
 pub mod ort_env;
+pub mod png_metadata;
 pub mod preprocess;
 pub mod prompt;
 pub mod resize;

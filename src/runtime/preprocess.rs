@@ -7,7 +7,12 @@ use image::{ImageDecoder, ImageFormat, ImageReader, RgbImage};
 use super::family::Resize;
 use super::image_limits::{jpeg_is_complete, DecodeLimits};
 use super::model::{EncoderInput, ModelSpec};
+use super::png_metadata::{png_size, RangesReader};
 use crate::error::ApiError;
+
+/// Allocation budget of an image's metadata and the decoder's own buffers besides its output
+/// (ICC profile, text and EXIF chunks, row buffers).
+pub const METADATA_BYTES: u64 = 64 << 20;
 
 /// Formats the server decodes.
 pub const SUPPORTED_FORMATS: &str = "JPEG, PNG, WebP, BMP, TIFF, GIF";
@@ -43,7 +48,12 @@ pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, ApiEr
 ///
 /// Memory: the decoder's output (at most `max_decoded_bytes`) plus the 8-bit RGB copy
 /// (3 bytes per pixel) plus the decoder's working buffers (rows for PNG; for a progressive
-/// JPEG, libjpeg's coefficient buffer of 2 bytes per sample).
+/// JPEG, libjpeg's coefficient buffer of 2 bytes per sample). Metadata is bounded too: a
+/// PNG is decoded without its ICC profile and text chunks (a 1 MB PNG can carry an ICC
+/// profile that inflates to 1 GB; see [`super::png_metadata`]), and every pass over the
+/// file runs under an allocation budget, the header pass included, so whatever metadata a
+/// decoder still reads (EXIF, other formats' profiles, which are stored uncompressed and
+/// so at most the body's size) stays within [`METADATA_BYTES`] (413 past it).
 pub fn decode_image_with(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage, ApiError> {
     if bytes.is_empty() {
         return Err(ApiError::InvalidImage("empty image body".into()));
@@ -61,9 +71,28 @@ pub fn decode_image_with(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedI
             "image format {format:?} is not supported (supported: {SUPPORTED_FORMATS})"
         ))
     })?;
-    let (w, h) = ImageReader::with_format(Cursor::new(bytes), format)
-        .into_dimensions()
-        .map_err(|e| ApiError::InvalidImage(format!("invalid {name} header: {e}")))?;
+    // PNGs are read without their ICC profile and text chunks (never used, and inflated
+    // before any check could run); other formats whole.
+    let stream = || match format {
+        ImageFormat::Png => RangesReader::png_without_metadata(bytes),
+        _ => RangesReader::whole(bytes),
+    };
+    if let Some((w, h)) = (format == ImageFormat::Png)
+        .then(|| png_size(bytes))
+        .flatten()
+    {
+        limits.check_size(name, w, h)?;
+    }
+    let mut header = ImageReader::with_format(stream(), format);
+    let mut header_limits = image::Limits::default();
+    header_limits.max_alloc = Some(METADATA_BYTES.min(limits.max_decoded_bytes));
+    header.limits(header_limits);
+    let (w, h) = header.into_dimensions().map_err(|e| match e {
+        image::ImageError::Limits(l) => {
+            ApiError::PayloadTooLarge(format!("{name} metadata exceeds the decoding limits: {l}"))
+        }
+        e => ApiError::InvalidImage(format!("invalid {name} header: {e}")),
+    })?;
     limits.check_size(name, w, h)?;
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         return Err(ApiError::InvalidImage(format!(
@@ -71,12 +100,15 @@ pub fn decode_image_with(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedI
         )));
     }
     let pixels = w as u64 * h as u64;
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut reader = ImageReader::with_format(stream(), format);
     let mut alloc_limits = image::Limits::default();
     alloc_limits.max_image_width = Some(w);
     alloc_limits.max_image_height = Some(h);
-    // RGBA16 of the allowed size plus slack for the decoder's own buffers.
-    alloc_limits.max_alloc = Some(pixels * 8 + (64 << 20));
+    // The decoder output (RGBA16 of the allowed size at most, and never past
+    // --max-decoded-bytes) plus the metadata budget.
+    alloc_limits.max_alloc = Some(
+        (pixels * 8).min(limits.max_decoded_bytes) + METADATA_BYTES.min(limits.max_decoded_bytes),
+    );
     reader.limits(alloc_limits);
     let corrupt = |e: image::ImageError| match e {
         image::ImageError::Limits(l) => {

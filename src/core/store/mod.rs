@@ -8,20 +8,29 @@
 //! dependency: any failure or timeout is logged once per outage, counted, and the request
 //! is served from the local cache and encoder; after a failure the store is skipped for a
 //! short back-off, then tried again (the connection reconnects by itself).
+//!
+//! What the store holds is read from outside the process: a value is used only when it
+//! passes [`codec::decode`] (bound to its model and image, checksum, geometry, finite
+//! values); anything else is a counted error (`op="decode"`) and a miss, and the next
+//! encode of the image overwrites it. A value longer than the model's values is not even
+//! read. Values that could not be written while the store was down are written once it is
+//! back ([`backfill`]).
 
+pub mod backfill;
 pub mod codec;
 pub mod redis;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
-pub use codec::ModelTag;
+pub use codec::{ModelTag, Seal, TensorSpec, ValueRules};
 
 use crate::config::Config;
 use crate::metrics::StoreMetrics;
+use crate::runtime::image_limits::DecodeLimits;
 use crate::runtime::model::{Embedding, ModelSpec};
 
 /// How long the store is skipped after a failure before it is tried again.
@@ -30,10 +39,22 @@ const RETRY_AFTER: Duration = Duration::from_millis(1000);
 const POLL_MIN: Duration = Duration::from_millis(10);
 const POLL_MAX: Duration = Duration::from_millis(100);
 
+/// What a bounded read found under a key.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fetched {
+    /// No such key.
+    Missing,
+    /// The value (at most the asked length).
+    Value(Vec<u8>),
+    /// A value longer than the asked length (its length), or one of another type: not read.
+    Unusable(String),
+}
+
 /// The operations the store needs from a key-value server. Keys are strings, values bytes.
 pub trait StoreBackend: Send + Sync {
-    /// The value of `key`, if any.
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, anyhow::Result<Option<Vec<u8>>>>;
+    /// The value of `key` when it is at most `max_len` bytes long; a longer one is not
+    /// transferred.
+    fn get<'a>(&'a self, key: &'a str, max_len: usize) -> BoxFuture<'a, anyhow::Result<Fetched>>;
     /// Sets `key`, expiring after `ttl` when given.
     fn put<'a>(
         &'a self,
@@ -67,18 +88,22 @@ pub fn model_tag(spec: &ModelSpec, encoder_onnx: &[u8]) -> ModelTag {
         h.update(&v.to_le_bytes());
     }
     h.update(format!("{:?}", spec.encoder_input).as_bytes());
+    h.update(format!("{:?}", spec.kind.resize()).as_bytes());
     let mut fingerprint = [0u8; 16];
     fingerprint.copy_from_slice(&h.finalize().as_bytes()[..16]);
     ModelTag {
         name: spec.name.clone(),
         fingerprint,
-        shape: spec.embedding_shape,
-        tensor: Arc::from(
-            spec.tensors
-                .first()
-                .map_or("image_embeddings", |t| t.name.as_str()),
-        ),
-        tensors: spec.tensors.len(),
+        input_size: spec.input_size,
+        resize: spec.kind.resize(),
+        tensors: spec
+            .tensors
+            .iter()
+            .map(|t| TensorSpec {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -113,6 +138,10 @@ pub struct SharedStore {
     outage_logged: AtomicBool,
     lock_counter: AtomicU64,
     where_: String,
+    /// What a value read back must satisfy (seal, image limits).
+    rules: ValueRules,
+    /// Images whose value could not be written (store down): written once it is back.
+    pending: backfill::Pending,
 }
 
 impl SharedStore {
@@ -123,16 +152,45 @@ impl SharedStore {
         };
         let timeout = Duration::from_millis(config.embedding_store_timeout_ms.max(1));
         let backend = redis::RedisBackend::new(&url.0, timeout)?;
-        tracing::info!(store = %url.redacted(), "shared embedding store enabled");
-        Ok(Some(Self::new(
-            Box::new(backend),
-            metrics.clone(),
-            timeout,
-            (config.embedding_store_ttl_secs > 0)
-                .then(|| Duration::from_secs(config.embedding_store_ttl_secs)),
-            Duration::from_millis(config.embedding_store_lock_ms.max(1)),
-            url.redacted(),
-        )))
+        let seal = match &config.embedding_store_secret_file {
+            Some(path) => {
+                let secret = std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+                let secret = secret.trim_ascii();
+                anyhow::ensure!(
+                    secret.len() >= 16,
+                    "{}: the embedding store secret must be at least 16 bytes",
+                    path.display()
+                );
+                Seal::from_secret(secret)
+            }
+            None => Seal::Checksum,
+        };
+        tracing::info!(
+            store = %url.redacted(),
+            keyed = matches!(seal, Seal::Keyed(_)),
+            "shared embedding store enabled"
+        );
+        let rules = ValueRules {
+            seal,
+            limits: DecodeLimits {
+                max_pixels: config.max_image_pixels,
+                max_decoded_bytes: u64::MAX,
+                max_aspect_ratio: config.exposure.max_aspect_ratio.max(1),
+            },
+        };
+        Ok(Some(
+            Self::new(
+                Box::new(backend),
+                metrics.clone(),
+                timeout,
+                (config.embedding_store_ttl_secs > 0)
+                    .then(|| Duration::from_secs(config.embedding_store_ttl_secs)),
+                Duration::from_millis(config.embedding_store_lock_ms.max(1)),
+                url.redacted(),
+            )
+            .with_rules(rules),
+        ))
     }
 
     /// A store over any backend.
@@ -154,7 +212,23 @@ impl SharedStore {
             outage_logged: AtomicBool::new(false),
             lock_counter: AtomicU64::new(0),
             where_,
+            rules: ValueRules::default(),
+            pending: backfill::Pending::default(),
         }
+    }
+
+    /// Sets what values read back must satisfy.
+    pub fn with_rules(mut self, rules: ValueRules) -> Self {
+        self.rules = rules;
+        self
+    }
+
+    /// Whether the store is in its back-off after a failure.
+    fn backing_off(&self) -> bool {
+        self.down_until
+            .lock()
+            .unwrap()
+            .is_some_and(|until| Instant::now() < until)
     }
 
     fn value_key(tag: &ModelTag, image_id: &str) -> String {
@@ -177,14 +251,12 @@ impl SharedStore {
     /// Runs one backend call under the timeout, with metrics and the outage policy.
     /// `None` means the store could not answer (down, slow, skipped).
     async fn call<T>(&self, op: &'static str, fut: BoxFuture<'_, anyhow::Result<T>>) -> Option<T> {
-        if let Some(until) = *self.down_until.lock().unwrap() {
-            if Instant::now() < until {
-                self.metrics
-                    .errors_total
-                    .with_label_values(&["skipped"])
-                    .inc();
-                return None;
-            }
+        if self.backing_off() {
+            self.metrics
+                .errors_total
+                .with_label_values(&["skipped"])
+                .inc();
+            return None;
         }
         let t = Instant::now();
         let result = match tokio::time::timeout(self.timeout, fut).await {
@@ -218,19 +290,29 @@ impl SharedStore {
     }
 
     /// `Err` when the store could not answer; `Ok(None)` when it holds no usable value.
-    async fn read(&self, tag: &ModelTag, key: &str) -> Result<Option<Embedding>, Unavailable> {
-        let Some(bytes) = self
-            .call("get", self.backend.get(key))
+    async fn read(
+        &self,
+        tag: &ModelTag,
+        image_id: &str,
+        key: &str,
+    ) -> Result<Option<Embedding>, Unavailable> {
+        let max_len = tag.value_len(image_id);
+        let fetched = self
+            .call("get", self.backend.get(key, max_len))
             .await
-            .ok_or(Unavailable)?
-        else {
-            return Ok(None);
+            .ok_or(Unavailable)?;
+        let decoded = match fetched {
+            Fetched::Missing => return Ok(None),
+            Fetched::Unusable(why) => Err(why),
+            Fetched::Value(bytes) => {
+                self.metrics
+                    .bytes_total
+                    .with_label_values(&["read"])
+                    .inc_by(bytes.len() as u64);
+                codec::decode(tag, image_id, &bytes, &self.rules)
+            }
         };
-        self.metrics
-            .bytes_total
-            .with_label_values(&["read"])
-            .inc_by(bytes.len() as u64);
-        match codec::decode(tag, &bytes) {
+        match decoded {
             Ok(e) => Ok(Some(e)),
             Err(why) => {
                 // Counted, then treated as absent: the next encode overwrites it.
@@ -255,10 +337,10 @@ impl SharedStore {
 
     /// Reads an embedding (no lock): for prompts on an image this replica has not seen.
     pub async fn fetch(&self, tag: &ModelTag, image_id: &str) -> Option<Embedding> {
-        if tag.tensors != 1 {
-            return None;
-        }
-        let found = self.read(tag, &Self::value_key(tag, image_id)).await.ok()?;
+        let found = self
+            .read(tag, image_id, &Self::value_key(tag, image_id))
+            .await
+            .ok()?;
         self.count(tag, found.is_some());
         found
     }
@@ -266,12 +348,8 @@ impl SharedStore {
     /// Reads an embedding, or elects this replica to encode it. When another replica holds
     /// the encode lock, waits for its value up to the lock's lifetime.
     pub async fn fetch_or_claim(&self, tag: &ModelTag, image_id: &str) -> Claim {
-        if tag.tensors != 1 {
-            // Multi-tensor embeddings (SAM 2) are not stored by this value format.
-            return Claim::Encode(None);
-        }
         let key = Self::value_key(tag, image_id);
-        match self.read(tag, &key).await {
+        match self.read(tag, image_id, &key).await {
             Err(Unavailable) => return Claim::Encode(None),
             Ok(Some(e)) => {
                 self.count(tag, true);
@@ -302,7 +380,7 @@ impl SharedStore {
                 None => return Claim::Encode(None),
                 Some(true) => {
                     // The holder may have written and unlocked between our read and lock.
-                    if let Ok(Some(e)) = self.read(tag, &key).await {
+                    if let Ok(Some(e)) = self.read(tag, image_id, &key).await {
                         self.unlock(&lock_key, &token).await;
                         return Claim::Hit(e);
                     }
@@ -326,7 +404,7 @@ impl SharedStore {
                 }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(POLL_MAX);
-                match self.read(tag, &key).await {
+                match self.read(tag, image_id, &key).await {
                     Err(Unavailable) => return Claim::Encode(None),
                     Ok(Some(e)) => {
                         self.metrics
@@ -357,6 +435,7 @@ impl SharedStore {
     }
 
     /// Writes a freshly encoded embedding (when given) and releases the lock (when held).
+    /// A value the store cannot take now is remembered and written once it is back.
     pub async fn finish(
         &self,
         tag: &ModelTag,
@@ -364,17 +443,9 @@ impl SharedStore {
         embedding: Option<&Embedding>,
         lock: Option<EncodeLock>,
     ) {
-        if let Some(value) = embedding.and_then(|e| codec::encode(tag, e)) {
-            let key = Self::value_key(tag, image_id);
-            if self
-                .call("put", self.backend.put(&key, &value, self.ttl))
-                .await
-                .is_some()
-            {
-                self.metrics
-                    .bytes_total
-                    .with_label_values(&["write"])
-                    .inc_by(value.len() as u64);
+        if let Some(e) = embedding {
+            if !self.write(tag, image_id, e).await {
+                self.owe(tag, image_id);
             }
         }
         if let Some(lock) = lock {
@@ -382,9 +453,33 @@ impl SharedStore {
         }
     }
 
+    /// Writes an embedding's value; true when the store took it.
+    async fn write(&self, tag: &ModelTag, image_id: &str, e: &Embedding) -> bool {
+        let value = match codec::encode(tag, image_id, e, &self.rules.seal) {
+            Ok(v) => v,
+            Err(why) => {
+                tracing::error!(model = %tag.name, why, "embedding does not fit the store format");
+                return true; // nothing to retry
+            }
+        };
+        let key = Self::value_key(tag, image_id);
+        let written = self
+            .call("put", self.backend.put(&key, &value, self.ttl))
+            .await
+            .is_some();
+        if written {
+            self.metrics
+                .bytes_total
+                .with_label_values(&["write"])
+                .inc_by(value.len() as u64);
+        }
+        written
+    }
+
     /// Drops an image's embedding from the store (DELETE of the image); true when the
     /// store held it.
     pub async fn delete(&self, tag: &ModelTag, image_id: &str) -> bool {
+        self.settle(&tag.name, image_id);
         let key = Self::value_key(tag, image_id);
         self.call("delete", self.backend.delete(&key))
             .await

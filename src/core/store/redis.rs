@@ -6,11 +6,20 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::StoreBackend;
+use super::{Fetched, StoreBackend};
 
 /// Deletes the lock only when it still holds our token (another replica may own it now).
 const UNLOCK_SCRIPT: &str =
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+
+/// Reads a value only when it is a string of at most ARGV[1] bytes: a missing key is nil,
+/// a key of another type -1, a longer value its length (never transferred).
+const BOUNDED_GET_SCRIPT: &str = "local t = redis.call('type', KEYS[1])['ok'] \
+if t == 'none' then return false end \
+if t ~= 'string' then return -1 end \
+local n = redis.call('strlen', KEYS[1]) \
+if n > tonumber(ARGV[1]) then return n end \
+return redis.call('get', KEYS[1])";
 
 /// A Redis connection used as [`StoreBackend`].
 pub struct RedisBackend {
@@ -48,13 +57,25 @@ impl KindStr for redis::RedisError {
 }
 
 impl StoreBackend for RedisBackend {
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, anyhow::Result<Option<Vec<u8>>>> {
+    fn get<'a>(&'a self, key: &'a str, max_len: usize) -> BoxFuture<'a, anyhow::Result<Fetched>> {
         Box::pin(async move {
             let mut c = self.conn.clone();
-            Ok(redis::cmd("GET")
+            let v: redis::Value = redis::cmd("EVAL")
+                .arg(BOUNDED_GET_SCRIPT)
+                .arg(1)
                 .arg(key)
-                .query_async::<Option<Vec<u8>>>(&mut c)
-                .await?)
+                .arg(max_len)
+                .query_async(&mut c)
+                .await?;
+            Ok(match v {
+                redis::Value::Nil => Fetched::Missing,
+                redis::Value::BulkString(b) => Fetched::Value(b),
+                redis::Value::Int(-1) => Fetched::Unusable("a key of another type".into()),
+                redis::Value::Int(n) => {
+                    Fetched::Unusable(format!("{n} bytes, over the {max_len} of a value"))
+                }
+                other => anyhow::bail!("unexpected reply to the bounded read: {other:?}"),
+            })
         })
     }
 
