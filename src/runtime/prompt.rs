@@ -174,3 +174,58 @@ impl MaskGeometry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refinement_logits_are_clamped_as_sam2s_predictor_returns_them() {
+        // SAM2ImagePredictor._predict: low_res_masks = torch.clamp(low_res_masks, -32.0, 32.0).
+        let sam2 = ModelSpec::geometry_only("m", 1024, [256, 256]).with_family(Family::Sam2);
+        assert_eq!(
+            sam2.refinement_logits(vec![40.0, -50.0, 3.5, 32.0]),
+            [32.0, -32.0, 3.5, 32.0]
+        );
+        let sam = ModelSpec::geometry_only("m", 1024, [256, 256]);
+        assert_eq!(sam.refinement_logits(vec![40.0, -50.0]), [40.0, -50.0]);
+    }
+
+    #[test]
+    fn sam2_prompts_put_the_box_first_and_leave_padding_to_the_graph() {
+        let emb = Embedding {
+            tensors: Vec::new(),
+            width: 640,
+            height: 480,
+            resized_width: 1024,
+            resized_height: 1024,
+        };
+        let sam2 = ModelSpec::geometry_only("m", 1024, [256, 256]).with_family(Family::Sam2);
+        let p = sam2.decoder_prompt(
+            &emb,
+            &[(320.0, 120.0, 1.0)],
+            Some([64.0, 48.0, 640.0, 480.0]),
+            None,
+            MaskOutput::Single,
+        );
+        assert_eq!(p.labels, [2.0, 3.0, 1.0]);
+        assert_eq!(p.coords, [[102.4, 102.4], [1024.0, 1024.0], [512.0, 256.0]]);
+        let p = sam2.decoder_prompt(&emb, &[(0.0, 0.0, 0.0)], None, None, MaskOutput::Multimask);
+        assert_eq!(p.labels, [0.0]);
+        // SAM: long side 640 -> 1024 (768 x 1024 frame), clicks first, then the padding point.
+        let emb = Embedding {
+            resized_height: 768,
+            ..emb
+        };
+        let sam = ModelSpec::geometry_only("m", 1024, [256, 256]);
+        let p = sam.decoder_prompt(
+            &emb,
+            &[(320.0, 120.0, 1.0)],
+            None,
+            None,
+            MaskOutput::Multimask,
+        );
+        assert_eq!(p.labels, [1.0, -1.0]);
+        assert_eq!(p.coords, [[512.0, 192.0], [0.0, 0.0]]);
+    }
+}

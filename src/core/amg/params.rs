@@ -397,6 +397,24 @@ mod tests {
     }
 
     #[test]
+    fn family_defaults_fill_only_what_the_request_leaves_open() {
+        // SAM2AutomaticMaskGenerator: pred_iou_thresh 0.8 (SamAutomaticMaskGenerator: 0.88).
+        let s = parse("{}").with_family_defaults(0.8).resolve().unwrap();
+        assert_eq!(s.pred_iou_thresh, 0.8);
+        let s = parse(r#"{"pred_iou_thresh": 0.5}"#)
+            .with_family_defaults(0.8)
+            .resolve()
+            .unwrap();
+        assert_eq!(s.pred_iou_thresh, 0.5);
+        // A named preset keeps its own value.
+        let s = parse(r#"{"preset": "sa1b"}"#)
+            .with_family_defaults(0.8)
+            .resolve()
+            .unwrap();
+        assert_eq!(s.pred_iou_thresh, 0.88);
+    }
+
+    #[test]
     fn work_counts_points_over_every_crop() {
         // Reference defaults: one 32x32 grid on the whole image.
         let s = parse("{}").resolve().unwrap();
