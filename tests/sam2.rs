@@ -94,6 +94,26 @@ async fn samexporter_files_without_a_manifest_load_and_agree() {
     assert!(c.token_mismatches.is_empty(), "{:?}", c.token_mismatches);
 }
 
+/// sam2-onnx's signature (`high_res_feat_N`, int64 labels, a `[1, 1]` flag, one prompt per
+/// call, tokens 1-3 as `low_res_masks`): the same weights answer the same multimask masks,
+/// requests of several prompts and refinements included.
+#[tokio::test]
+async fn the_sam2_onnx_signature_is_bound_by_name_and_agrees() {
+    let s = server(&["sam2-mini-sam2onnx"]).await;
+    let m = &s.get_json("/v1/models").await["models"][0];
+    assert_eq!(m["batched_decoder"], false, "{m}");
+    let fx = sam2_cases::load();
+    let c = sam2_cases::replay(&s, &fx.cases, |c| c.prompts.iter().all(|p| p.multimask())).await;
+    let (worst, which) = c.worst();
+    eprintln!(
+        "sam2-onnx signature: {} masks, mean IoU {:.5}, worst {worst:.5} ({which})",
+        c.ious.len(),
+        c.mean_iou()
+    );
+    assert!(c.ious.len() >= 30 && c.mean_iou() >= 0.99 && worst >= 0.97);
+    assert!(c.token_mismatches.is_empty(), "{:?}", c.token_mismatches);
+}
+
 /// samexporter's graph multiplies a `[L]` has_mask_input against the `[L, C, h, w]` mask
 /// embedding, which broadcasts only for one row: a request mixing prompts with and without
 /// a mask input must still answer each as when it is sent alone.

@@ -183,6 +183,49 @@ class Decoder(nn.Module):
         return iou, masks
 
 
+class DecoderSam2OnnxSignature(nn.Module):
+    """A decoder with sam2-onnx 0.3.12's signature, written here (that package needs Python
+    3.12): inputs `image_embed`, `high_res_feat_0`, `high_res_feat_1`, `point_coords`
+    [1, N, 2], `point_labels` int64 [1, N], `mask_input` [1, 1, 256, 256], `has_mask_input`
+    [1, 1]; outputs `low_res_masks` [1, 3, 256, 256] (multimask tokens 1-3, unclamped) and
+    `iou_predictions` [1, 3]; one prompt per call. For the server's test of that layout."""
+
+    def __init__(self, m) -> None:
+        super().__init__()
+        self.inner = Decoder(m)
+
+    def forward(self, image_embed, high_res_feat_0, high_res_feat_1, point_coords, point_labels, mask_input,
+                has_mask_input):
+        iou, masks = self.inner(image_embed, high_res_feat_0, high_res_feat_1, point_coords,
+                                point_labels.to(torch.float32), mask_input, has_mask_input.reshape(-1))
+        return masks[:, 1:], iou[:, 1:]
+
+
+def export_decoder_sam2_onnx_signature(m, path: str) -> None:
+    L = m.image_size
+    g = L // m.backbone_stride
+    C = m.hidden_dim
+    gen = torch.Generator().manual_seed(0)
+    args = (
+        torch.randn(1, C, g, g, generator=gen),
+        torch.randn(1, C // 8, 4 * g, 4 * g, generator=gen),
+        torch.randn(1, C // 4, 2 * g, 2 * g, generator=gen),
+        torch.rand(1, 3, 2, generator=gen) * L,
+        torch.tensor([[1, 0, 1]], dtype=torch.int64),
+        torch.randn(1, 1, 4 * g, 4 * g, generator=gen),
+        torch.zeros(1, 1),
+    )
+    with torch.no_grad():
+        torch.onnx.export(
+            DecoderSam2OnnxSignature(m).eval(), args, path,
+            input_names=["image_embed", "high_res_feat_0", "high_res_feat_1", "point_coords", "point_labels",
+                         "mask_input", "has_mask_input"],
+            output_names=["low_res_masks", "iou_predictions"],
+            dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+            opset_version=OPSET, do_constant_folding=True, dynamo=False,
+        )
+
+
 def export_encoder(m, path: str) -> None:
     L = m.image_size
     with torch.no_grad():
@@ -431,6 +474,8 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--name", help="manifest name (default: the --out folder's name)")
     ap.add_argument("--description", default="")
+    ap.add_argument("--sam2-onnx-signature-decoder", metavar="PATH",
+                    help="only write a decoder with sam2-onnx 0.3.12's signature to PATH")
     a = ap.parse_args(argv)
     if bool(a.checkpoint) == a.random_init:
         ap.error("give exactly one of --checkpoint and --random-init")
@@ -441,6 +486,30 @@ def main(argv=None):
         structure_mini(m)
     if a.save_checkpoint:
         save_checkpoint(m, a.save_checkpoint)
+    if a.sam2_onnx_signature_decoder:
+        path = a.sam2_onnx_signature_decoder
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        export_decoder_sam2_onnx_signature(m, path)
+        print(f"  {path}: {os.path.getsize(path)} bytes")
+        # Beside it, a manifest pairing it with --out's encoder (same weights).
+        name = os.path.basename(folder)
+        manifest = {
+            "name": name,
+            "family": "sam2",
+            "encoder": os.path.relpath(os.path.join(os.path.abspath(a.out), "encoder.onnx"), folder),
+            "decoder": os.path.basename(path),
+            "input_size": m.image_size,
+            "description": f"{os.path.basename(os.path.normpath(a.out))}'s weights with a decoder in sam2-onnx "
+                           "0.3.12's signature (high_res_feat_0/1, int64 point_labels, [1, 1] has_mask_input, "
+                           "tokens 1-3 as low_res_masks, one prompt per call), written by tools/sam2_export.py "
+                           "--sam2-onnx-signature-decoder: that package needs Python 3.12.",
+            "generated_by": "tools/sam2_export.py",
+        }
+        with open(os.path.join(folder, "manifest.json"), "w") as f:
+            json.dump(manifest, f, indent=2)
+            f.write("\n")
+        return
     name = a.name or os.path.basename(os.path.normpath(a.out))
     what = f"from {os.path.basename(a.checkpoint)}" if a.checkpoint else "with RANDOM weights (tests/benchmarks only)"
     desc = a.description or (f"SAM 2.1 {a.model} {what}. Encoder 'image' [1,3,{m.image_size},{m.image_size}] "
