@@ -479,7 +479,7 @@ async fn concurrent_requests_batch_and_answer_as_alone() {
         .to_string();
     let body = |i: usize| {
         json!({"prompts": [{"points": [{"x": 20.0 + 25.0 * i as f64, "y": 30.0 + 15.0 * i as f64,
-            "label": 1}], "multimask_output": i % 2 == 0}]})
+            "label": 1}], "multimask_output": i.is_multiple_of(2)}]})
     };
     let mut alone = Vec::new();
     for i in 0..8 {
