@@ -30,6 +30,12 @@ pub struct Config {
     #[arg(long = "model", env = "SAMSERVE_MODELS", value_delimiter = ',')]
     pub models: Vec<PathBuf>,
 
+    /// For a --model folder without manifest.json (an exporter's *encoder*.onnx and
+    /// *decoder*.onnx), write the manifest inferred from the graphs into it (it is always
+    /// logged), to keep and edit.
+    #[arg(long, env = "SAMSERVE_WRITE_MANIFEST")]
+    pub write_manifest: bool,
+
     /// Name of the model used when a request names none (default: the first loaded).
     #[arg(long, env = "SAMSERVE_DEFAULT_MODEL")]
     pub default_model: Option<String>,

@@ -73,6 +73,9 @@ pub struct Metrics {
     pub cache_entries: IntGauge,
     /// Weighted size of the embedding cache in bytes.
     pub cache_bytes: IntGauge,
+    /// Bytes one cached image of a model takes (all its embedding tensors, at the cache's
+    /// number type), by model.
+    pub cache_bytes_per_image: IntGaugeVec,
     /// Work units (prompts, images) waiting in each worker queue.
     pub queue_depth: IntGaugeVec,
     /// Requests refused by admission control, by reason.
@@ -248,6 +251,20 @@ impl Metrics {
                 "Image embeddings held in the cache.",
             ),
             cache_bytes: gauge("samserve_cache_bytes", "Bytes held by the embedding cache."),
+            cache_bytes_per_image: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "samserve_cache_bytes_per_image",
+                        "Bytes one cached image of a model takes (all its embedding tensors).",
+                    ),
+                    &["model"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
             queue_depth: {
                 let g = IntGaugeVec::new(
                     Opts::new(

@@ -56,7 +56,45 @@ async fn page_works_in_chromium() {
         return;
     }
     let s = common::TestServer::default().await;
-    let out = common::repo().join("target/browser");
+    run_page(&s, "browser", false).await;
+}
+
+/// The same page session on a SAM 2 model (the test model of tests/sam2.rs with the text
+/// model): its three-tensor embeddings, stretched frame and single-mask rule behind the
+/// same API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_works_on_a_sam2_model() {
+    if !toolchain_ready() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("samserve-page-sam2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mini = common::repo().join("tests/fixtures/models/sam2-mini");
+    std::fs::write(
+        dir.join("manifest.json"),
+        json!({
+            "name": "sam2-mini-text",
+            "family": "sam2",
+            "encoder": mini.join("encoder.onnx"),
+            "decoder": mini.join("decoder.onnx"),
+            "input_size": 1024,
+            "text": common::repo().join("models/text-minilm"),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut cfg = common::config();
+    cfg.models = vec![dir.clone()];
+    cfg.request_timeout_ms = 0;
+    let s = common::TestServer::start(cfg).await;
+    run_page(&s, "browser-sam2", true).await;
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Runs tests/browser/page.test.mjs against `s`; `untrained`: the model has random weights
+/// (no checks of mask quality against the scenes' ground truth).
+async fn run_page(s: &common::TestServer, name: &str, untrained: bool) {
+    let out = common::repo().join("target").join(name);
     let _ = std::fs::remove_file(out.join("coco.json"));
     let script = common::repo().join("tests/browser/page.test.mjs");
     let base = s.base.clone();
@@ -67,6 +105,7 @@ async fn page_works_in_chromium() {
             .args(["--base", &base])
             .arg("--out")
             .arg(&out2)
+            .args(["--untrained", if untrained { "1" } else { "0" }])
             .output()
             .expect("node runs")
     })

@@ -184,6 +184,35 @@ def interior_point(mask: np.ndarray, frac: float = 1.0):
     return float(x), float(y), float(d[y, x])
 
 
+# name, width, height, format, seed, extra
+IMAGE_SPECS = [
+    # name, width, height, format, seed, extra
+    ("shapes_333x517.png", 333, 517, "png", 11, {}),
+    ("scene_640x480.jpg", 640, 480, "jpeg", 12, {}),
+    ("small_97x211.webp", 97, 211, "webp", 13, {}),
+    ("large_1200x777.jpg", 1200, 777, "jpeg", 14, {"noise": 2.0}),
+    ("square_512x512.tiff", 512, 512, "tiff", 15, {"noise": 0.0}),
+    ("bitmap_301x203.bmp", 301, 203, "bmp", 16, {}),
+    ("palette_400x300.gif", 400, 300, "gif", 17, {"noise": 0.0}),
+    ("exif6_300x450.jpg", 300, 450, "jpeg", 18, {"orientation": 6}),
+    ("exif8_520x260.jpg", 520, 260, "jpeg", 19, {"orientation": 8}),
+    ("gray_256x384.png", 256, 384, "png-gray", 20, {}),
+    ("rgba_410x290.png", 410, 290, "png-rgba", 21, {}),
+    ("wide_700x60.png", 700, 60, "png", 22, {"shapes": 3}),
+]
+
+
+def scene_masks(name: str):
+    """The upright instance masks of one of the IMAGE_SPECS scenes, regenerated from its
+    seed (the image files are committed; this gives other tools the objects in them)."""
+    from samtiny import synth_scene
+
+    _, w, h, _, seed, extra = next(s for s in IMAGE_SPECS if s[0] == name)
+    rng = np.random.default_rng(seed)
+    _, masks = synth_scene(rng, w, h, n_shapes=extra.get("shapes", 5), noise=extra.get("noise", 3.0))
+    return masks
+
+
 def make_images(out_dir: str):
     """Generate the test images. Returns {name: info} with the upright RGB
     array (as generated, before lossy coding) and instance masks."""
@@ -192,21 +221,7 @@ def make_images(out_dir: str):
     from samtiny import synth_scene
 
     os.makedirs(out_dir, exist_ok=True)
-    specs = [
-        # name, width, height, format, seed, extra
-        ("shapes_333x517.png", 333, 517, "png", 11, {}),
-        ("scene_640x480.jpg", 640, 480, "jpeg", 12, {}),
-        ("small_97x211.webp", 97, 211, "webp", 13, {}),
-        ("large_1200x777.jpg", 1200, 777, "jpeg", 14, {"noise": 2.0}),
-        ("square_512x512.tiff", 512, 512, "tiff", 15, {"noise": 0.0}),
-        ("bitmap_301x203.bmp", 301, 203, "bmp", 16, {}),
-        ("palette_400x300.gif", 400, 300, "gif", 17, {"noise": 0.0}),
-        ("exif6_300x450.jpg", 300, 450, "jpeg", 18, {"orientation": 6}),
-        ("exif8_520x260.jpg", 520, 260, "jpeg", 19, {"orientation": 8}),
-        ("gray_256x384.png", 256, 384, "png-gray", 20, {}),
-        ("rgba_410x290.png", 410, 290, "png-rgba", 21, {}),
-        ("wide_700x60.png", 700, 60, "png", 22, {"shapes": 3}),
-    ]
+    specs = IMAGE_SPECS
     info = {}
     for name, w, h, fmt, seed, extra in specs:
         rng = np.random.default_rng(seed)

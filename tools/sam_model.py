@@ -35,8 +35,18 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything"
-# model type -> (file name, size in bytes, sha256)
+SAM2_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
+# model type -> (file name, size in bytes, sha256). SAM 2.1's sizes and digests are those
+# recorded for Meta's published files by several independent projects that pin them.
 CHECKPOINTS = {
+    "sam2.1_hiera_tiny": ("sam2.1_hiera_tiny.pt", 156_008_466,
+                          "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69"),
+    "sam2.1_hiera_small": ("sam2.1_hiera_small.pt", 184_416_285,
+                           "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38"),
+    "sam2.1_hiera_base_plus": ("sam2.1_hiera_base_plus.pt", 323_606_802,
+                               "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5"),
+    "sam2.1_hiera_large": ("sam2.1_hiera_large.pt", 898_083_611,
+                           "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318"),
     "vit_b": ("sam_vit_b_01ec64.pth", 375_042_383,
               "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
     "vit_l": ("sam_vit_l_0b3195.pth", 1_249_524_607,
@@ -86,7 +96,7 @@ def fetch(url: str, dest: str) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", choices=sorted(CHECKPOINTS), help="required unless --int8-from")
+    ap.add_argument("--model", choices=list(CHECKPOINTS), help="required unless --int8-from")
     ap.add_argument("--out", help="model folder (default: models/sam-vit-b etc.)")
     ap.add_argument("--checkpoint", help="a checkpoint file already on disk (no download)")
     ap.add_argument("--url", help=f"download from here instead of {BASE_URL}/<file>")
@@ -118,15 +128,18 @@ def main(argv=None):
     fname, size, sha = CHECKPOINTS[a.model]
     size = None if a.size == 0 else (a.size or size)
     sha = None if a.sha256 == "" else (a.sha256 or sha)
-    out = a.out or f"models/sam-{a.model.replace('_', '-')}"
+    sam2 = a.model.startswith("sam2")
+    out = a.out or (f"models/{a.model.replace('_', '-')}" if sam2 else f"models/sam-{a.model.replace('_', '-')}")
+    # SAM's file names end in the first 6 hex digits of their MD5; SAM 2.1's do not.
+    md5_prefix = None if sam2 else fname.rsplit("_", 1)[1][:6]
     if a.checkpoint:
         ckpt = a.checkpoint
         official = os.path.basename(ckpt) == fname
         # A renamed or fine-tuned file: verify only what was asked for explicitly.
         verify(ckpt, size if official or a.size else None, sha if official or a.sha256 else None,
-               fname.rsplit("_", 1)[1][:6] if official else None)
+               md5_prefix if official else None)
     else:
-        url = a.url or f"{BASE_URL}/{fname}"
+        url = a.url or f"{SAM2_BASE_URL if sam2 else BASE_URL}/{fname}"
         os.makedirs(a.cache_dir, exist_ok=True)
         ckpt = os.path.join(a.cache_dir, os.path.basename(url.split("?")[0]) or fname)
         downloaded = not os.path.exists(ckpt)
@@ -138,11 +151,24 @@ def main(argv=None):
                          f"and pass --checkpoint PATH")
         official = os.path.basename(ckpt) == fname
         try:
-            verify(ckpt, size, sha, fname.rsplit("_", 1)[1][:6] if official else None)
+            verify(ckpt, size, sha, md5_prefix if official else None)
         except SystemExit:
             if downloaded:
                 os.remove(ckpt)  # a bad download is not kept for the next try
             raise
+
+    if sam2:
+        import sam2_export
+
+        args = ["--model", a.model, "--out", out]
+        args += ["--random-init"] if a.random_init else ["--checkpoint", ckpt]
+        if a.name:
+            args += ["--name", a.name]
+        sam2_export.main(args)
+        print(f"done: serve it with  samserve --model {out}")
+        if a.int8 != "none":
+            sam2_export.write_int8(out, a.int8_out or out.rstrip("/") + "-int8", a.int8_check_scenes)
+        return
 
     import export_onnx
 
@@ -172,6 +198,11 @@ def write_int8(src: str, dst: str, check_scenes: int) -> None:
     import quantize
 
     man = json.load(open(os.path.join(src, "manifest.json")))
+    if man.get("family", "sam").startswith("sam2"):
+        import sam2_export
+
+        sam2_export.write_int8(src, dst, check_scenes)
+        return
     keep = quantize.positional_encoding_nodes(os.path.join(src, man["decoder"]))
     print(f"int8 variant: {dst} (decoder nodes kept fp32: {keep})", flush=True)
     quantize.make_variant(src, dst, "dynamic", "dynamic", exclude=keep)

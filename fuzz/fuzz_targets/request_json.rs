@@ -13,7 +13,7 @@ use samserve::core::prompts::{prepare_prompts, PromptLimits};
 use samserve::http::body::parse_json;
 use samserve::http::everything::parse_request;
 use samserve::http::types::SegmentRequest;
-use samserve::runtime::model::{Embedding, ModelSpec};
+use samserve::runtime::model::{Embedding, EmbeddingData, EmbeddingTensor, ModelSpec};
 
 struct Fixture {
     spec: ModelSpec,
@@ -28,8 +28,11 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let spec = ModelSpec::geometry_only("fuzz", 128, [32, 32]);
         let emb = Embedding {
-            data: samserve::runtime::embedding::EmbeddingData::F32(vec![0.0; 4]),
-            shape: [1, 1, 2, 2],
+            tensors: vec![EmbeddingTensor {
+                name: "image_embeddings".into(),
+                shape: vec![1, 1, 2, 2],
+                data: EmbeddingData::F32(vec![0.0; 4]),
+            }],
             width: 320,
             height: 240,
             resized_width: 128,

@@ -14,7 +14,8 @@ use samserve::core::store::codec::{
     TensorSpec, ValueRules, CHECKSUM_LEN,
 };
 use samserve::core::store::Seal;
-use samserve::runtime::embedding::{Embedding, EmbeddingData};
+use samserve::runtime::embedding::{Embedding, EmbeddingData, EmbeddingTensor};
+use samserve::runtime::family::Resize;
 use samserve::runtime::image_limits::DecodeLimits;
 
 const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -35,6 +36,7 @@ fn one() -> ModelTag {
         name: "sam".into(),
         fingerprint: [7; 16],
         input_size: 64,
+        resize: Resize::LongSidePad,
         tensors: vec![TensorSpec {
             name: "image_embeddings".into(),
             shape: vec![1, 2, 2, 2],
@@ -47,6 +49,7 @@ fn two() -> ModelTag {
         name: "sam2".into(),
         fingerprint: [9; 16],
         input_size: 64,
+        resize: Resize::Stretch,
         tensors: vec![
             TensorSpec {
                 name: "image_embed".into(),
@@ -71,16 +74,17 @@ fn reseal(bytes: &mut [u8]) {
 fn check_one(bytes: &[u8]) {
     let (tag, rules) = (one(), rules());
     if let Ok(e) = decode(&tag, ID, bytes, &rules) {
-        assert_eq!(e.shape, [1, 2, 2, 2]);
-        assert_eq!(e.data.len(), 8);
-        assert!(e.data.to_f32().iter().all(|v| v.is_finite()));
+        assert_eq!(e.tensors[0].shape, [1, 2, 2, 2]);
+        assert_eq!(e.tensors[0].data.len(), 8);
+        assert!(e.tensors[0].data.to_f32().iter().all(|v| v.is_finite()));
         let g = Geometry {
             width: e.width,
             height: e.height,
             resized_width: e.resized_width,
             resized_height: e.resized_height,
         };
-        check_geometry(&g, tag.input_size, &rules.limits).expect("decoded geometry is valid");
+        check_geometry(&g, tag.input_size, tag.resize, &rules.limits)
+            .expect("decoded geometry is valid");
         assert_eq!(encode(&tag, ID, &e, &Seal::Checksum).unwrap(), bytes);
     }
 }
@@ -104,8 +108,11 @@ fuzz_target!(|data: &[u8]| {
         &one(),
         ID,
         &Embedding {
-            data: EmbeddingData::F32((0..8).map(|v| v as f32 * 0.5).collect()),
-            shape: [1, 2, 2, 2],
+            tensors: vec![EmbeddingTensor {
+                name: "image_embeddings".into(),
+                shape: vec![1, 2, 2, 2],
+                data: EmbeddingData::F32((0..8).map(|v| v as f32 * 0.5).collect()),
+            }],
             width: 40,
             height: 30,
             resized_width: 64,
@@ -114,10 +121,11 @@ fuzz_target!(|data: &[u8]| {
         &Seal::Checksum,
     )
     .unwrap();
+    // SAM 2 stretches every image to the whole frame.
     let g = Geometry {
         width: 30,
         height: 40,
-        resized_width: 48,
+        resized_width: 64,
         resized_height: 64,
     };
     let a: Vec<f32> = (0..8).map(|v| v as f32).collect();

@@ -275,6 +275,7 @@ pub fn run(a: &BaselineArgs) -> anyhow::Result<BaselineReport> {
     let decoder_bytes = samserve::runtime::model::decoder_graph(
         m.name.as_deref().unwrap_or("model"),
         &decoder_bytes,
+        &samserve::runtime::model::DECODER_OUTPUTS,
     );
     let mut decoders = (0..sessions)
         .map(|_| session_from(env, &decoder_bytes, a.threads))

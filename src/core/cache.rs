@@ -100,6 +100,12 @@ impl EmbeddingCache {
             .map(|e| e.into_value())
     }
 
+    /// Bytes of the cache's budget one image of `spec`'s model takes.
+    pub fn bytes_per_image(&self, spec: &crate::runtime::model::ModelSpec) -> u64 {
+        let data = spec.embedding_bytes() / if self.float16 { 2 } else { 1 };
+        crate::runtime::embedding::weight_for(data, spec.tensors.len()) as u64
+    }
+
     /// An embedding in the form this cache keeps.
     fn admit(&self, e: Embedding) -> Arc<Embedding> {
         Arc::new(if self.float16 { e.into_f16() } else { e })

@@ -1,5 +1,7 @@
 //! What clients download to decode on their side (hybrid decoding): a cached image
-//! embedding as a `.npy` file, and a model's decoder ONNX file.
+//! embedding as a `.npy` file (one tensor, SAM) or a `.npz` of named `.npy` arrays (SAM 2's
+//! three tensors, as `numpy.savez` writes them: an uncompressed zip), and a model's decoder
+//! ONNX file.
 //!
 //! The `.npy` layout is NumPy's format version 1.0: the magic `\x93NUMPY`, version 1.0, a
 //! little-endian u16 header length, a Python-dict header padded with spaces to a multiple
@@ -10,7 +12,7 @@
 use bytes::Bytes;
 
 use crate::error::{ApiError, ApiResult};
-use crate::runtime::embedding::{Embedding, EmbeddingData};
+use crate::runtime::embedding::{Embedding, EmbeddingData, EmbeddingTensor};
 
 /// Element type of a downloaded embedding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +53,74 @@ impl EmbeddingDtype {
     }
 }
 
-/// Serializes an embedding as a `.npy` file of shape `embedding.shape`.
-pub fn embedding_npy(emb: &Embedding, dtype: EmbeddingDtype) -> Vec<u8> {
+/// An embedding as a file: its tensor as `.npy` when it has one, else a `.npz` of all.
+/// Returns the bytes and whether they are an `.npz`.
+pub fn embedding_file(emb: &Embedding, dtype: EmbeddingDtype) -> (Vec<u8>, bool) {
+    match &emb.tensors[..] {
+        [one] => (tensor_npy(one, dtype), false),
+        all => (
+            zip_stored(
+                &all.iter()
+                    .map(|t| (format!("{}.npy", t.name), tensor_npy(t, dtype)))
+                    .collect::<Vec<_>>(),
+            ),
+            true,
+        ),
+    }
+}
+
+/// An uncompressed zip archive of `files` (what `numpy.savez` writes, and `numpy.load`
+/// reads as an `.npz`). Entries stay below 4 GiB, so no zip64 records are needed.
+pub fn zip_stored(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    // 1980-01-01 00:00, the zip epoch: the archive's bytes depend only on its contents.
+    const DOS_DATE: u16 = (1 << 5) | 1;
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for (name, data) in files {
+        let offset = out.len() as u32;
+        let crc = crc32fast::hash(data);
+        let size = data.len() as u32;
+        let common = |v: &mut Vec<u8>| {
+            v.extend_from_slice(&20u16.to_le_bytes()); // version needed: 2.0
+            v.extend_from_slice(&0u16.to_le_bytes()); // flags
+            v.extend_from_slice(&0u16.to_le_bytes()); // method: stored
+            v.extend_from_slice(&0u16.to_le_bytes()); // time
+            v.extend_from_slice(&DOS_DATE.to_le_bytes());
+            v.extend_from_slice(&crc.to_le_bytes());
+            v.extend_from_slice(&size.to_le_bytes()); // compressed
+            v.extend_from_slice(&size.to_le_bytes()); // uncompressed
+            v.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            v.extend_from_slice(&0u16.to_le_bytes()); // extra field length
+        };
+        out.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+        common(&mut out);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(data);
+        central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+        central.extend_from_slice(&20u16.to_le_bytes()); // version made by
+        common(&mut central);
+        central.extend_from_slice(&0u16.to_le_bytes()); // comment length
+        central.extend_from_slice(&0u16.to_le_bytes()); // disk number
+        central.extend_from_slice(&0u16.to_le_bytes()); // internal attributes
+        central.extend_from_slice(&0u32.to_le_bytes()); // external attributes
+        central.extend_from_slice(&offset.to_le_bytes());
+        central.extend_from_slice(name.as_bytes());
+    }
+    let (cd_offset, cd_size) = (out.len() as u32, central.len() as u32);
+    out.extend_from_slice(&central);
+    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes()); // this disk
+    out.extend_from_slice(&0u16.to_le_bytes()); // disk of the central directory
+    out.extend_from_slice(&(files.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(files.len() as u16).to_le_bytes());
+    out.extend_from_slice(&cd_size.to_le_bytes());
+    out.extend_from_slice(&cd_offset.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes()); // comment length
+    out
+}
+
+/// Serializes one tensor as a `.npy` file of its shape.
+pub fn tensor_npy(emb: &EmbeddingTensor, dtype: EmbeddingDtype) -> Vec<u8> {
     let shape = emb
         .shape
         .iter()
@@ -148,16 +216,13 @@ mod tests {
 
     #[test]
     fn npy_header_is_aligned_and_parsable() {
-        let emb = Embedding {
+        let emb = EmbeddingTensor {
+            name: "image_embeddings".into(),
             data: EmbeddingData::F32((0..2 * 3 * 4).map(|i| i as f32).collect()),
-            shape: [1, 2, 3, 4],
-            width: 10,
-            height: 7,
-            resized_width: 8,
-            resized_height: 6,
+            shape: vec![1, 2, 3, 4],
         };
         for dtype in [EmbeddingDtype::Float32, EmbeddingDtype::Float16] {
-            let npy = embedding_npy(&emb, dtype);
+            let npy = tensor_npy(&emb, dtype);
             assert_eq!(&npy[..8], b"\x93NUMPY\x01\x00");
             let hlen = u16::from_le_bytes([npy[8], npy[9]]) as usize;
             assert_eq!((10 + hlen) % 64, 0);
@@ -177,6 +242,35 @@ mod tests {
                 assert_eq!(u16::from_le_bytes([last[0], last[1]]), 0x4dc0); // 23.0
             }
         }
+    }
+
+    #[test]
+    fn one_tensor_is_npy_several_are_a_zip() {
+        let t = |name: &str, n: usize| EmbeddingTensor {
+            name: name.into(),
+            shape: vec![1, n, 1, 1],
+            data: EmbeddingData::F32(vec![1.5; n]),
+        };
+        let emb = |tensors| Embedding {
+            tensors,
+            width: 1,
+            height: 1,
+            resized_width: 1,
+            resized_height: 1,
+        };
+        let (one, npz) = embedding_file(&emb(vec![t("a", 2)]), EmbeddingDtype::Float32);
+        assert!(!npz && one.starts_with(b"\x93NUMPY"));
+        let (zip, npz) = embedding_file(&emb(vec![t("a", 2), t("b", 3)]), EmbeddingDtype::Float32);
+        assert!(npz && zip.starts_with(b"PK\x03\x04"));
+        // The end record lists two entries; the first local header names "a.npy" and
+        // carries the CRC-32 of its data.
+        let end = &zip[zip.len() - 22..];
+        assert_eq!(&end[..4], b"PK\x05\x06");
+        assert_eq!(u16::from_le_bytes([end[10], end[11]]), 2);
+        assert_eq!(&zip[30..35], b"a.npy");
+        let data = tensor_npy(&t("a", 2), EmbeddingDtype::Float32);
+        assert_eq!(&zip[14..18], &crc32fast::hash(&data).to_le_bytes());
+        assert_eq!(&zip[35..35 + data.len()], &data[..]);
     }
 
     #[test]

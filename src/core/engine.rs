@@ -363,7 +363,7 @@ impl Engine {
             files.push(ModelFiles::embedded_default()?);
         } else {
             for dir in &config.models {
-                files.push(ModelFiles::from_dir(dir)?);
+                files.push(ModelFiles::from_dir(dir, config.write_manifest)?);
             }
         }
         let cores = std::thread::available_parallelism()
@@ -422,7 +422,16 @@ impl Engine {
                 model = %spec.name,
                 source = %spec.source,
                 input_size = spec.input_size,
-                embedding = ?spec.embedding_shape,
+                family = %spec.family,
+                tensors = %spec
+                    .tensors
+                    .iter()
+                    .map(|t| format!("{}{:?}", t.name, t.shape))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                embedding_bytes = spec.embedding_bytes(),
+                single_mask = ?spec.single_mask,
+                mask_flag = ?spec.mask_flag,
                 low_res = ?spec.low_res_size,
                 batched_encoder = spec.encoder_batched,
                 batched_decoder = spec.decoder_batched,
@@ -455,6 +464,17 @@ impl Engine {
                 },
             );
         }
+        let cache = EmbeddingCache::new(
+            config.cache_bytes,
+            (config.cache_idle_secs > 0).then(|| Duration::from_secs(config.cache_idle_secs)),
+            config.cache_dtype == CacheDtype::Float16,
+        );
+        for m in models.values() {
+            metrics
+                .cache_bytes_per_image
+                .with_label_values(&[&m.spec.name])
+                .set(cache.bytes_per_image(&m.spec) as i64);
+        }
         let default_model = match &config.default_model {
             Some(n) if models.contains_key(n) => n.clone(),
             Some(n) => anyhow::bail!("--default-model '{n}' is not among the loaded models"),
@@ -480,11 +500,7 @@ impl Engine {
         let engine = Engine {
             models,
             default_model,
-            cache: EmbeddingCache::new(
-                config.cache_bytes,
-                idle,
-                config.cache_dtype == CacheDtype::Float16,
-            ),
+            cache,
             store: SharedStore::from_config(config, &metrics.store)?.map(Arc::new),
             originals: {
                 let mut b = moka::future::Cache::builder()
@@ -779,8 +795,12 @@ impl Engine {
         let per_task = tokens.len().div_ceil(self.postprocess_tasks.max(1));
         let mut pending = Vec::new();
         for chunk in chunks_owned(tokens, per_task) {
-            let (store, model_name, image_id) =
-                (store.clone(), model_name.clone(), image_id.clone());
+            let (store, model_name, image_id, spec) = (
+                store.clone(),
+                model_name.clone(),
+                image_id.clone(),
+                handle.spec.clone(),
+            );
             pending.push(tokio::task::spawn_blocking(move || {
                 chunk
                     .into_iter()
@@ -790,9 +810,9 @@ impl Engine {
                             h,
                             geometry.upscale_mask(&t.low_res, MASK_THRESHOLD),
                         );
-                        let logits_handle = opts
-                            .return_logits
-                            .then(|| store.insert(&model_name, &image_id, t.low_res));
+                        let logits_handle = opts.return_logits.then(|| {
+                            store.insert(&model_name, &image_id, spec.refinement_logits(t.low_res))
+                        });
                         MaskResult {
                             score: t.score,
                             area: bin.area(),

@@ -11,7 +11,7 @@ use super::amg::{generate, AmgBackend, AmgOutput, AmgParams, AmgProgress, Upscal
 use super::cache::ImageKey;
 use super::engine::{Engine, ModelHandle};
 use crate::error::{ApiError, ApiResult};
-use crate::runtime::model::{DecoderPrompt, Embedding, MaskGeometry, TokenOutput};
+use crate::runtime::model::{DecoderPrompt, Embedding, MaskGeometry, MaskOutput, TokenOutput};
 use crate::runtime::preprocess::prepare;
 
 /// The engine as a backend of the generator, for one image and model.
@@ -97,20 +97,11 @@ impl AmgBackend for EngineBackend<'_> {
         points: &[[f64; 2]],
     ) -> ApiResult<Vec<Vec<TokenOutput>>> {
         self.check_cancelled()?;
-        let sx = crop.resized_width as f64 / crop.width as f64;
-        let sy = crop.resized_height as f64 / crop.height as f64;
-        let tokens: Vec<usize> = if self.handle.spec.mask_tokens >= 4 {
-            vec![1, 2, 3]
-        } else {
-            vec![0]
-        };
+        let spec = &self.handle.spec;
         let prompts: Vec<DecoderPrompt> = points
             .iter()
-            .map(|&[x, y]| DecoderPrompt {
-                coords: vec![[(x * sx) as f32, (y * sy) as f32], [0.0, 0.0]],
-                labels: vec![1.0, -1.0],
-                mask_input: None,
-                tokens: tokens.clone(),
+            .map(|&[x, y]| {
+                spec.decoder_prompt(crop, &[(x, y, 1.0)], None, None, MaskOutput::Multimask)
             })
             .collect();
         let n = prompts.len();
@@ -142,11 +133,12 @@ impl Engine {
         &self,
         model: Option<&str>,
         image_id: &str,
-        mut params: AmgParams,
+        params: AmgParams,
         mut on_progress: impl FnMut(AmgProgress) + Send,
         cancelled: &(dyn Fn() -> bool + Sync),
     ) -> ApiResult<(AmgOutput, u32, u32)> {
         let handle = self.model(model)?;
+        let mut params = params.with_family_defaults(handle.spec.kind.everything_pred_iou_thresh());
         self.check_everything_work(&params)?;
         let whole = self.embedding(model, image_id).await?;
         params.clamp_caps(

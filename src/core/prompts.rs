@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 
 use super::mask_store::MaskStore;
 use crate::error::ApiError;
-use crate::runtime::model::{DecoderPrompt, Embedding, ModelSpec};
+use crate::runtime::model::{DecoderPrompt, Embedding, MaskOutput, ModelSpec};
 
 /// A click in original-image pixel coordinates: always an object
 /// `{"x": 230, "y": 256, "label": 1}` (an array such as `[230, 256]` is refused with a
@@ -129,8 +129,6 @@ pub fn prepare_prompts(
         )));
     }
     let (w, h) = (emb.width as f64, emb.height as f64);
-    let sx = emb.resized_width as f64 / w;
-    let sy = emb.resized_height as f64 / h;
     let in_range = |what: &str, i: usize, x: f64, y: f64| -> Result<(), ApiError> {
         if !x.is_finite() || !y.is_finite() {
             return Err(ApiError::prompt(format!(
@@ -163,8 +161,7 @@ pub fn prepare_prompts(
                 limits.max_points
             )));
         }
-        let mut coords = Vec::with_capacity(p.points.len() + 2);
-        let mut labels = Vec::with_capacity(p.points.len() + 2);
+        let mut points = Vec::with_capacity(p.points.len());
         for (j, pt) in p.points.iter().enumerate() {
             in_range(&format!("point {j}"), i, pt.x, pt.y)?;
             if pt.label != 0 && pt.label != 1 {
@@ -173,8 +170,7 @@ pub fn prepare_prompts(
                     pt.label
                 )));
             }
-            coords.push([(pt.x * sx) as f32, (pt.y * sy) as f32]);
-            labels.push(pt.label as f32);
+            points.push((pt.x, pt.y, pt.label as f32));
         }
         if let Some([x0, y0, x1, y1]) = p.r#box {
             in_range("box corner", i, x0, y0)?;
@@ -184,15 +180,6 @@ pub fn prepare_prompts(
                     "prompt {i}: box [{x0}, {y0}, {x1}, {y1}] is inverted (need x0 <= x1, y0 <= y1)"
                 )));
             }
-            coords.push([(x0 * sx) as f32, (y0 * sy) as f32]);
-            labels.push(2.0);
-            coords.push([(x1 * sx) as f32, (y1 * sy) as f32]);
-            labels.push(3.0);
-        } else {
-            // The ONNX decoder expects the padding point that SAM's prompt encoder adds
-            // when there is no box.
-            coords.push([0.0, 0.0]);
-            labels.push(-1.0);
         }
         let mask_input = match &p.mask_input {
             None => None,
@@ -220,17 +207,12 @@ pub fn prepare_prompts(
             .multimask_output
             .or(default_multimask)
             .unwrap_or(p.points.len() == 1 && p.r#box.is_none());
-        let tokens = if multimask && spec.mask_tokens >= 4 {
-            vec![1, 2, 3]
+        let output = if multimask {
+            MaskOutput::Multimask
         } else {
-            vec![0]
+            MaskOutput::Single
         };
-        out.push(DecoderPrompt {
-            coords,
-            labels,
-            mask_input,
-            tokens,
-        });
+        out.push(spec.decoder_prompt(emb, &points, p.r#box, mask_input, output));
     }
     Ok(out)
 }

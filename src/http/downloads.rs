@@ -8,7 +8,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::AppState;
-use crate::core::downloads::{embedding_npy, EmbeddingDtype, ServedFile};
+use crate::core::downloads::{embedding_file, EmbeddingDtype, ServedFile};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 
 /// Query of `GET /v1/images/{image_id}/embedding`.
@@ -63,8 +63,11 @@ fn file_response(
     (StatusCode::OK, headers, file.bytes).into_response()
 }
 
-/// Download a cached image's embedding as a NumPy `.npy` file (format 1.0, C order,
-/// shape `[1, C, h, w]`, little-endian `<f4`, or `<f2` with `?dtype=float16`).
+/// Download a cached image's embedding: a NumPy `.npy` file (format 1.0, C order, shape
+/// `[1, C, h, w]`, little-endian `<f4`, or `<f2` with `?dtype=float16`) for a model whose
+/// embedding is one tensor (SAM), or an `.npz` (uncompressed zip of one `.npy` per tensor,
+/// `numpy.load` reads it) for a model with several (SAM 2: `image_embed`,
+/// `high_res_feats_0`, `high_res_feats_1`; `GET /v1/models` lists each model's tensors).
 ///
 /// The geometry needed to map prompts into the model frame comes in headers: original size
 /// (what `orig_im_size` is), the size after the long-side resize, and the encoder's input
@@ -75,14 +78,16 @@ fn file_response(
     params(("image_id" = String, Path, description = "Image id", pattern = "^[0-9a-f]{64}$",
         example = json!(super::images::EXAMPLE_PNG_ID)), EmbeddingQuery),
     responses(
-        (status = 200, description = "The embedding as a .npy file", content_type = "application/x-npy",
+        (status = 200, description = "The embedding as a .npy file (one tensor) or an .npz archive of named .npy arrays (several tensors)",
+            content(("application/x-npy"), ("application/zip")),
             headers(
                 ("X-Samserve-Original-Width" = u32, description = "Image width W (after EXIF orientation)"),
                 ("X-Samserve-Original-Height" = u32, description = "Image height H"),
                 ("X-Samserve-Resized-Width" = u32, description = "Width rw after resizing the long side to the input length"),
                 ("X-Samserve-Resized-Height" = u32, description = "Height rh after the resize"),
                 ("X-Samserve-Input-Size" = u32, description = "Encoder input length L (the padded square side)"),
-                ("X-Samserve-Embedding-Shape" = String, description = "Comma-separated shape, e.g. 1,256,64,64"),
+                ("X-Samserve-Embedding-Shape" = String, description = "Comma-separated shape of the first tensor, e.g. 1,256,64,64"),
+                ("X-Samserve-Embedding-Tensors" = String, description = "Each tensor as name:shape, separated by semicolons, e.g. image_embed:1,256,64,64;high_res_feats_0:1,32,256,256"),
                 ("X-Samserve-Dtype" = String, description = "float32 or float16"),
                 ("X-Samserve-Model" = String, description = "Model that computed the embedding"),
                 ("ETag" = String, description = "blake3 of the body; send If-None-Match for a 304"),
@@ -105,16 +110,25 @@ pub async fn embedding(
     let input_size = model.spec.input_size;
     let model_name = model.spec.name.clone();
     let emb2 = emb.clone();
-    let file =
-        tokio::task::spawn_blocking(move || ServedFile::new(embedding_npy(&emb2, dtype).into()))
-            .await
-            .map_err(ApiError::internal)?;
-    let shape = emb
-        .shape
+    let (file, npz) = tokio::task::spawn_blocking(move || {
+        let (bytes, npz) = embedding_file(&emb2, dtype);
+        (ServedFile::new(bytes.into()), npz)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let dims = |s: &[usize]| {
+        s.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let shape = dims(&emb.primary().shape);
+    let tensors = emb
+        .tensors
         .iter()
-        .map(|d| d.to_string())
+        .map(|t| format!("{}:{}", t.name, dims(&t.shape)))
         .collect::<Vec<_>>()
-        .join(",");
+        .join(";");
     let extra = vec![
         ("x-samserve-original-width", emb.width.to_string()),
         ("x-samserve-original-height", emb.height.to_string()),
@@ -122,13 +136,18 @@ pub async fn embedding(
         ("x-samserve-resized-height", emb.resized_height.to_string()),
         ("x-samserve-input-size", input_size.to_string()),
         ("x-samserve-embedding-shape", shape),
+        ("x-samserve-embedding-tensors", tensors),
         ("x-samserve-dtype", dtype.name().to_string()),
         ("x-samserve-model", model_name),
     ];
     Ok(file_response(
         &headers,
         file,
-        "application/x-npy",
+        if npz {
+            "application/zip"
+        } else {
+            "application/x-npy"
+        },
         "private, no-cache",
         extra,
     ))

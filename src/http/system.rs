@@ -6,7 +6,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 
-use super::types::{Health, ModelInfo, ModelList, TextModelInfo};
+use super::types::{Health, ModelInfo, ModelList, TensorDescription, TextModelInfo};
 use super::AppState;
 use crate::error::ApiError;
 
@@ -30,6 +30,16 @@ pub async fn models(State(state): State<AppState>) -> Result<Json<ModelList>, Ap
                     default: s.name == default,
                     input_size: s.input_size,
                     embedding_shape: s.embedding_shape,
+                    tensors: s
+                        .tensors
+                        .iter()
+                        .map(|t| TensorDescription {
+                            name: t.name.clone(),
+                            shape: t.shape.clone(),
+                        })
+                        .collect(),
+                    embedding_bytes: s.embedding_bytes() as u64,
+                    cache_bytes_per_image: engine.cache.bytes_per_image(s),
                     low_res_size: s.low_res_size,
                     batched_decoder: s.decoder_batched,
                     encoder_input: serde_json::to_value(s.encoder_input)

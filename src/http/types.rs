@@ -123,7 +123,9 @@ pub struct MaskOut {
     pub area: u64,
     /// Bounding box `[x, y, width, height]`.
     pub bbox: [u32; 4],
-    /// Decoder mask token (0 = single-mask answer, 1-3 = ambiguity masks).
+    /// Decoder mask token (0 = the single-mask token, 1-3 = ambiguity masks). A SAM 2
+    /// single-mask answer may be one of 1-3: the reference falls back to the best ambiguity
+    /// mask when token 0's mask is unstable.
     pub token: usize,
     /// COCO compressed RLE, when `output` is `rle`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -207,8 +209,16 @@ pub struct ModelInfo {
     pub default: bool,
     /// Encoder long-side input length.
     pub input_size: usize,
-    /// Embedding shape `[1, C, h, w]`.
+    /// Shape `[1, C, h, w]` of the embedding's first tensor (SAM's only one).
     pub embedding_shape: [usize; 4],
+    /// The embedding's tensors: SAM's `image_embeddings`, SAM 2's `image_embed`,
+    /// `high_res_feats_0` and `high_res_feats_1`. A downloaded embedding is a `.npy` of the
+    /// one tensor, or an `.npz` of these names.
+    pub tensors: Vec<TensorDescription>,
+    /// Bytes of one image's embedding in float32 (all tensors).
+    pub embedding_bytes: u64,
+    /// Bytes one cached image takes in this server's embedding cache (`--cache-dtype`).
+    pub cache_bytes_per_image: u64,
     /// Low-res mask size `[h, w]`.
     pub low_res_size: [usize; 2],
     /// Whether the decoder takes a batch of prompts per call.
@@ -222,6 +232,15 @@ pub struct ModelInfo {
     /// The text model behind text prompts; absent when the model takes none.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub text: Option<TextModelInfo>,
+}
+
+/// One tensor of a model's embedding.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TensorDescription {
+    /// Name (the key in a downloaded `.npz`).
+    pub name: String,
+    /// Shape `[1, C, h, w]`.
+    pub shape: Vec<usize>,
 }
 
 /// A segmentation model's text model (`GET /v1/models`).

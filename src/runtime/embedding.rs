@@ -56,36 +56,82 @@ impl EmbeddingData {
     }
 }
 
-/// A computed image embedding plus the geometry needed to map prompts and masks.
+/// One named tensor of an embedding: SAM's `image_embeddings`, or SAM 2's `image_embed`,
+/// `high_res_feats_0` and `high_res_feats_1`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingTensor {
+    /// Canonical name (the family's, whatever the exporter called it).
+    pub name: std::sync::Arc<str>,
+    /// Row-major shape of `data`, `[1, C, h, w]`.
+    pub shape: Vec<usize>,
+    /// The values.
+    pub data: EmbeddingData,
+}
+
+impl EmbeddingTensor {
+    /// Number of values the shape holds.
+    pub fn elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A computed image embedding (one or more named tensors) plus the geometry needed to map
+/// prompts and masks.
 #[derive(Debug)]
 pub struct Embedding {
-    /// Row-major `[1, C, gh, gw]` values.
-    pub data: EmbeddingData,
-    /// Shape of `data`.
-    pub shape: [usize; 4],
+    /// The tensors, in the model's order (see `ModelSpec::tensors`).
+    pub tensors: Vec<EmbeddingTensor>,
     /// Original (upright) image width.
     pub width: u32,
     /// Original (upright) image height.
     pub height: u32,
-    /// Width after the long-side resize.
+    /// Width of the image in the encoder's frame (after the resize).
     pub resized_width: u32,
-    /// Height after the long-side resize.
+    /// Height of the image in the encoder's frame.
     pub resized_height: u32,
 }
 
 impl Embedding {
+    /// Bytes the values take in memory (all tensors).
+    pub fn data_bytes(&self) -> usize {
+        self.tensors.iter().map(|t| t.data.bytes()).sum()
+    }
+
     /// Approximate heap size, for the cache's byte budget.
     pub fn weight_bytes(&self) -> usize {
-        self.data.bytes() + 128
+        weight_for(self.data_bytes(), self.tensors.len())
     }
 
     /// The same embedding with float16 values.
     pub fn into_f16(self) -> Self {
         Embedding {
-            data: self.data.into_f16(),
+            tensors: self
+                .tensors
+                .into_iter()
+                .map(|t| EmbeddingTensor {
+                    data: t.data.into_f16(),
+                    ..t
+                })
+                .collect(),
             ..self
         }
     }
+
+    /// The tensor named `name`, if any.
+    pub fn tensor(&self, name: &str) -> Option<&EmbeddingTensor> {
+        self.tensors.iter().find(|t| &*t.name == name)
+    }
+
+    /// The first tensor (SAM's only one; SAM 2's `image_embed`).
+    pub fn primary(&self) -> &EmbeddingTensor {
+        &self.tensors[0]
+    }
+}
+
+/// The cache weight of an embedding of `tensors` tensors holding `data_bytes` of values:
+/// the values plus the struct and per-tensor bookkeeping.
+pub fn weight_for(data_bytes: usize, tensors: usize) -> usize {
+    data_bytes + 128 + tensors * 96
 }
 
 /// Widens IEEE binary16 bits to f32 (exact: every half is a float).
@@ -170,18 +216,32 @@ mod tests {
     }
 
     #[test]
-    fn float16_halves_the_weight() {
+    fn float16_halves_every_tensor() {
         let e = Embedding {
-            data: EmbeddingData::F32(vec![0.5; 1000]),
-            shape: [1, 10, 10, 10],
+            tensors: vec![
+                EmbeddingTensor {
+                    name: "a".into(),
+                    shape: vec![1, 10, 10, 10],
+                    data: EmbeddingData::F32(vec![0.5; 1000]),
+                },
+                EmbeddingTensor {
+                    name: "b".into(),
+                    shape: vec![1, 2, 10, 10],
+                    data: EmbeddingData::F32(vec![-2.0; 200]),
+                },
+            ],
             width: 1,
             height: 1,
             resized_width: 1,
             resized_height: 1,
         };
-        assert_eq!(e.weight_bytes(), 4128);
+        assert_eq!(e.data_bytes(), 4800);
         let h = e.into_f16();
-        assert_eq!(h.weight_bytes(), 2128);
-        assert_eq!(h.data.to_f32().as_ref(), &[0.5; 1000][..]);
+        assert_eq!(h.data_bytes(), 2400);
+        assert_eq!(h.tensors[0].data.to_f32().as_ref(), &[0.5; 1000][..]);
+        assert_eq!(
+            h.tensor("b").unwrap().data.to_f32().as_ref(),
+            &[-2.0; 200][..]
+        );
     }
 }

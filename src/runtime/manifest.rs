@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
+use super::family::SingleMask;
+
 /// File name of the manifest inside a model folder.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
@@ -40,6 +42,49 @@ pub struct Manifest {
     /// manifest's folder; no text prompts without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// What a single-mask request returns (default: the family's rule; see
+    /// [`SingleMaskRule`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub single_mask: Option<SingleMaskRule>,
+}
+
+/// The manifest's `single_mask`: `{"rule": "token0"}`, `{"rule": "best_multimask"}`, or
+/// `{"rule": "stability", "stability_delta": 0.05, "stability_thresh": 0.98}` (SAM 2's
+/// `dynamic_multimask_via_stability`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SingleMaskRule {
+    /// `token0`, `best_multimask` or `stability`.
+    pub rule: String,
+    /// Logit offset of the stability score (rule `stability`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stability_delta: Option<f32>,
+    /// Lowest stability that keeps token 0 (rule `stability`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stability_thresh: Option<f32>,
+}
+
+impl SingleMaskRule {
+    /// The rule, checked.
+    pub fn to_rule(&self) -> anyhow::Result<SingleMask> {
+        Ok(match self.rule.as_str() {
+            "token0" => SingleMask::Token0,
+            "best_multimask" => SingleMask::BestMultimask,
+            "stability" => {
+                let delta = self.stability_delta.unwrap_or(0.05);
+                let thresh = self.stability_thresh.unwrap_or(0.98);
+                if !(delta.is_finite() && delta >= 0.0 && (0.0..=1.0).contains(&thresh)) {
+                    bail!(
+                        "single_mask: stability_delta must be >= 0 and stability_thresh in [0, 1]"
+                    );
+                }
+                SingleMask::Stability { delta, thresh }
+            }
+            other => {
+                bail!("single_mask rule '{other}' is not one of token0, best_multimask, stability")
+            }
+        })
+    }
 }
 
 fn default_family() -> String {
@@ -71,6 +116,9 @@ impl Manifest {
         if m.pixel_std.iter().any(|s| !s.is_finite() || *s <= 0.0) {
             bail!("manifest pixel_std must be positive");
         }
+        if let Some(rule) = &m.single_mask {
+            rule.to_rule()?;
+        }
         Ok(m)
     }
 }
@@ -95,18 +143,24 @@ pub struct ModelFiles {
 }
 
 impl ModelFiles {
-    /// Reads a model folder (or a manifest file path).
-    pub fn from_dir(path: &Path) -> anyhow::Result<Self> {
+    /// Reads a model folder (or a manifest file path). A folder without `manifest.json`
+    /// holding an exporter's two files (`*encoder*.onnx`, `*decoder*.onnx`) gets a manifest
+    /// inferred from the graphs ([`super::infer`]), logged, and with `write_inferred`
+    /// written to the folder for the user to keep and edit.
+    pub fn from_dir(path: &Path, write_inferred: bool) -> anyhow::Result<Self> {
         let manifest_path: PathBuf = if path.is_dir() {
             path.join(MANIFEST_FILE)
         } else {
             path.to_path_buf()
         };
         let dir = manifest_path.parent().unwrap_or(Path::new("."));
-        let text = std::fs::read_to_string(&manifest_path)
-            .with_context(|| format!("reading {}", manifest_path.display()))?;
-        let manifest =
-            Manifest::parse(&text).with_context(|| format!("in {}", manifest_path.display()))?;
+        let manifest = if path.is_dir() && !manifest_path.exists() {
+            super::infer::infer_manifest(path, write_inferred)?
+        } else {
+            let text = std::fs::read_to_string(&manifest_path)
+                .with_context(|| format!("reading {}", manifest_path.display()))?;
+            Manifest::parse(&text).with_context(|| format!("in {}", manifest_path.display()))?
+        };
         let read = |file: &str| {
             let p = dir.join(file);
             std::fs::read(&p).with_context(|| format!("reading {}", p.display()))

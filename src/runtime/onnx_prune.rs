@@ -109,6 +109,28 @@ pub(super) fn strings(msg: &[u8], number: u32) -> anyhow::Result<Vec<String>> {
         .collect()
 }
 
+/// The values of the varint fields numbered `number` of a message.
+pub(super) fn varints(msg: &[u8], number: u32) -> anyhow::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for f in fields(msg)? {
+        if f.number == number && f.wire == WIRE_VARINT {
+            let mut pos = 0;
+            read_varint(f.raw, &mut pos)?; // the key
+            out.push(read_varint(f.raw, &mut pos)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The payloads of the length-delimited fields numbered `number` of a message.
+pub(super) fn messages(msg: &[u8], number: u32) -> anyhow::Result<Vec<&[u8]>> {
+    Ok(fields(msg)?
+        .into_iter()
+        .filter(|f| f.number == number && f.wire == WIRE_LEN)
+        .map(|f| f.payload)
+        .collect())
+}
+
 /// The payloads of the top-level graph's length-delimited fields numbered `number` (its
 /// nodes, initializers, ...).
 pub(super) fn graph_entries(model: &[u8], number: u32) -> anyhow::Result<Vec<&[u8]>> {

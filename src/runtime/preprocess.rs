@@ -4,6 +4,7 @@ use std::io::Cursor;
 
 use image::{ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
+use super::family::Resize;
 use super::image_limits::{jpeg_is_complete, DecodeLimits};
 use super::model::{EncoderInput, ModelSpec};
 use super::png_metadata::{png_size, RangesReader};
@@ -282,9 +283,58 @@ pub struct PreparedImage {
     pub shape: Vec<usize>,
 }
 
-/// Resizes (PIL-compatible antialiased bilinear), then normalizes and zero-pads to
-/// `L x L` NCHW, or keeps 0-255 HWC for encoders that normalize inside the graph.
+/// The encoder's input for `rgb`, by the family's preprocessing: SAM's (below) or SAM 2's
+/// ([`prepare_stretched`]).
 pub fn prepare(rgb: &RgbImage, spec: &ModelSpec) -> PreparedImage {
+    match spec.kind.resize() {
+        Resize::LongSidePad => prepare_long_side(rgb, spec),
+        Resize::Stretch => prepare_stretched(rgb, spec),
+    }
+}
+
+/// A 0-255 constant as the 0-1 one torchvision's `Normalize` gets: `v / 255` rounded to
+/// 7 significant digits (f32's), so that 123.675 gives exactly `0.485f32`.
+fn unit_constant(v: f32) -> f32 {
+    let x = v as f64 / 255.0;
+    if x == 0.0 || !x.is_finite() {
+        return x as f32;
+    }
+    let scale = 10f64.powi(6 - x.abs().log10().floor() as i32);
+    ((x * scale).round() / scale) as f32
+}
+
+/// SAM 2's `SAM2Transforms`: `ToTensor` (x / 255 in float32), `Resize((L, L))` (PyTorch's
+/// antialiased bilinear on float planes, aspect ratio not kept), `Normalize(mean, std)`.
+pub fn prepare_stretched(rgb: &RgbImage, spec: &ModelSpec) -> PreparedImage {
+    let (w, h) = rgb.dimensions();
+    let (wu, hu) = (w as usize, h as usize);
+    let l = spec.input_size;
+    let mut planes = vec![0f32; 3 * wu * hu];
+    for (i, px) in rgb.as_raw().chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            planes[c * wu * hu + i] = px[c] as f32 / 255.0;
+        }
+    }
+    let mut t = super::resize_aa::resize_planes_aa(&planes, 3, wu, hu, l, l);
+    for (c, plane) in t.chunks_exact_mut(l * l).enumerate() {
+        let mean = unit_constant(spec.pixel_mean[c]);
+        let std = unit_constant(spec.pixel_std[c]);
+        plane.iter_mut().for_each(|v| *v = (*v - mean) / std);
+    }
+    PreparedImage {
+        width: w,
+        height: h,
+        resized_width: l as u32,
+        resized_height: l as u32,
+        tensor: t,
+        shape: vec![1, 3, l, l],
+    }
+}
+
+/// SAM's preprocessing: resizes (PIL-compatible antialiased bilinear), then normalizes and
+/// zero-pads to `L x L` NCHW, or keeps 0-255 HWC for encoders that normalize inside the
+/// graph.
+pub fn prepare_long_side(rgb: &RgbImage, spec: &ModelSpec) -> PreparedImage {
     let (w, h) = rgb.dimensions();
     let l = spec.input_size;
     let (nw, nh) = resized_size(w, h, l);
@@ -346,6 +396,20 @@ mod tests {
             image::ImageBuffer::<image::Luma<u16>, _>::from_raw(2, 1, vec![300u16, 7]).unwrap();
         let out = to_rgb8_like_pil(image::DynamicImage::ImageLuma16(gray));
         assert_eq!(out.as_raw(), &[255, 255, 255, 7, 7, 7]);
+    }
+
+    #[test]
+    fn unit_constants_are_torchvisions() {
+        for (v, want) in [
+            (123.675f32, 0.485f32),
+            (116.28, 0.456),
+            (103.53, 0.406),
+            (58.395, 0.229),
+            (57.12, 0.224),
+            (57.375, 0.225),
+        ] {
+            assert_eq!(unit_constant(v), want);
+        }
     }
 
     #[test]

@@ -519,6 +519,32 @@ pub fn interpolate_bilinear_f32(
     )
 }
 
+/// [`interpolate_bilinear_f32`] with `map` applied to each sample as it is computed (SAM 2's
+/// `postprocess_masks`: the low-res logits straight to the image size).
+pub(super) fn interpolate_bilinear_map<T: Copy>(
+    src: &[f32],
+    width: usize,
+    height: usize,
+    new_width: usize,
+    new_height: usize,
+    map: impl Fn(f32) -> T,
+) -> Vec<T> {
+    assert_eq!(
+        src.len(),
+        width * height,
+        "plane length does not match {width}x{height}"
+    );
+    let window = Window {
+        width,
+        height,
+        out_width: new_width,
+        out_height: new_height,
+        crop_width: new_width,
+        crop_height: new_height,
+    };
+    interpolate_window_map(src, window, map)
+}
+
 /// SAM's `postprocess_masks` for one low-resolution logit plane.
 ///
 /// Upscales the `lw x lh` decoder output to the `input_size x input_size` encoder frame, drops

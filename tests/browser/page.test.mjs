@@ -19,6 +19,10 @@ const args = Object.fromEntries(
 const BASE = args.base || "http://127.0.0.1:8080";
 const OUT = path.resolve(args.out || path.join(here, "../../target/browser"));
 const FIX = path.resolve(args.fixtures || path.join(here, "../fixtures/heldout"));
+// --untrained 1: the server's model has random weights (the SAM 2 test model), so its masks
+// say nothing about the objects: the IoU-with-ground-truth checks, which measure a model and
+// not the page, are replaced by "a mask was drawn", and segment everything keeps every mask.
+const UNTRAINED = args.untrained === "1";
 const CHROMIUM = process.env.SAMSERVE_CHROMIUM || "/usr/bin/chromium";
 const HOVERS = 24;
 
@@ -216,18 +220,22 @@ async function main() {
         await dragBox(scene, box);
         const shownBox = await layerMask(page, "mask-layer");
         const boxIou = iou(shownBox, truth);
-        boxes.push({ scene: scene.image, id: o.id, area: o.area, iou: boxIou, box });
+        boxes.push({ scene: scene.image, id: o.id, area: o.area, iou: boxIou, box, drawn: shownBox.some((v) => v) });
         await clear();
         await click(scene, o.centre[0], o.centre[1]);
         const n = await page.evaluate(() => window.samserve.state.current.masks.length);
         const chips = await page.locator("#candidates").innerText();
         check(chips.includes("score") && !chips.includes("IoU"), `click chips say: ${chips}`);
         const perMask = [];
+        let drawn = false;
         for (let i = 0; i < n; i++) {
-          perMask.push(iou(await layerMask(page, "mask-layer"), truth));
+          const shown = await layerMask(page, "mask-layer");
+          drawn ||= shown.some((v) => v);
+          perMask.push(iou(shown, truth));
           await page.keyboard.press("Tab"); // next candidate
         }
-        clicks.push({ scene: scene.image, id: o.id, area: o.area, top: perMask[0], best: Math.max(...perMask), perMask });
+        clicks.push({ scene: scene.image, id: o.id, area: o.area, top: perMask[0], best: Math.max(...perMask), perMask,
+          drawn });
       }
       await clear();
     }
@@ -264,9 +272,13 @@ async function main() {
     const goodClicks = clicks.filter((c) => c.best >= 0.7).length;
     console.log(`IoU >= 0.7: ${goodBoxes}/${boxes.length} boxes, ${goodClicks}/${clicks.length} clicks ` +
       `(top-ranked: ${clicks.filter((c) => c.top >= 0.7).length})`);
-    check(goodBoxes >= boxes.length / 2, `only ${goodBoxes} of ${boxes.length} boxes reached IoU 0.7`);
-    check(goodClicks >= clicks.length / 4, `only ${goodClicks} of ${clicks.length} clicks reached IoU 0.7`);
-    check(bestBox.iou >= 0.7 && bestClick.best >= 0.7, "best box and click reach 0.7");
+    if (UNTRAINED) {
+      check(boxes.every((b) => b.drawn) && clicks.every((c) => c.drawn), "a box or click drew no mask");
+    } else {
+      check(goodBoxes >= boxes.length / 2, `only ${goodBoxes} of ${boxes.length} boxes reached IoU 0.7`);
+      check(goodClicks >= clicks.length / 4, `only ${goodClicks} of ${clicks.length} clicks reached IoU 0.7`);
+      check(bestBox.iou >= 0.7 && bestClick.best >= 0.7, "best box and click reach 0.7");
+    }
 
     // 3. Keep objects on one scene (box, cycled click, refined click, background click),
     // then export COCO JSON through the page's button.
@@ -352,8 +364,8 @@ async function main() {
     // Lenient thresholds (the default model's IoU predictions are low; at the reference
     // 0.88 / 0.95 it keeps no mask), 16 points per side to keep the test short.
     await page.fill("#amg-pps", "16");
-    await page.fill("#amg-iou", "0.5");
-    await page.fill("#amg-stab", "0.8");
+    await page.fill("#amg-iou", UNTRAINED ? "0" : "0.5");
+    await page.fill("#amg-stab", UNTRAINED ? "0" : "0.8");
     const evBefore = (await counters()).everything;
     await page.click("#everything-btn");
     await page.waitForFunction((n) => window.samserve.counters.everything > n, evBefore, { timeout: 180000 });

@@ -342,3 +342,92 @@ async fn values_missed_during_a_redis_outage_are_written_once_it_is_back() {
     a.proc.assert_alive();
     b.proc.assert_alive();
 }
+
+/// The tensor names of a format-2 value, read by the documented layout.
+fn tensor_names(v: &[u8]) -> Vec<String> {
+    let mut at = 4 + 2 + 2 + 16;
+    at += 2 + u16_at(v, at); // model name
+    at += 2 + u16_at(v, at); // image id
+    at += 16; // geometry
+    let n = u16_at(v, at);
+    at += 2;
+    let mut names = Vec::new();
+    for _ in 0..n {
+        let len = u16_at(v, at);
+        names.push(String::from_utf8(v[at + 2..at + 2 + len].to_vec()).unwrap());
+        at += 2 + len + 2; // name, dtype
+        let rank = u16_at(v, at);
+        at += 2 + 4 * rank;
+    }
+    names
+}
+
+/// A SAM 2 model's embedding (three tensors) is one store value: uploaded on A, read by B,
+/// which answers what A answers; a value with one tensor's bytes damaged is a miss on B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sam2_embeddings_are_shared_as_one_value_of_three_tensors() {
+    if !cluster_tests_enabled() {
+        return;
+    }
+    let tmp = temp_dir("sam2-store");
+    let dir = tmp.0.clone();
+    let port = free_port();
+    let _redis = start_redis(&redis_exe(), port, &dir, 1);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let model = common::repo().join("tests/fixtures/models/sam2-mini");
+    let model = model.to_str().unwrap();
+    let mut a = start_replica_with(0, port, &dir, &["--model", model]);
+    let mut b = start_replica_with(1, port, &dir, &["--model", model]);
+    wait_ready(&client, &mut a).await;
+    wait_ready(&client, &mut b).await;
+    let png = common::synthetic_png(300, 220, 51);
+    let id = samserve::core::engine::image_id_of(&png);
+    put_on(&client, &a.base, &png).await;
+    let value = redis_get(port, &value_key(port, &id)).expect("A wrote the value");
+    assert_eq!(
+        tensor_names(&value),
+        ["image_embed", "high_res_feats_0", "high_res_feats_1"]
+    );
+    let (st, on_a) = segment(&client, &a.base, &id, &prompts()).await;
+    assert_eq!(st, 200, "{on_a}");
+    let hits = common::metric_at(&client, &b.base, "samserve_embedding_store_hits_total", "").await;
+    let (st, on_b) = segment(&client, &b.base, &id, &prompts()).await;
+    assert_eq!(st, 200, "{on_b}");
+    assert_eq!(on_a["results"], on_b["results"], "B answers what A answers");
+    let hits2 =
+        common::metric_at(&client, &b.base, "samserve_embedding_store_hits_total", "").await;
+    assert_eq!(hits2, hits + 1.0, "B read the value from the store");
+
+    // A second image whose value loses a byte in its last tensor: B refuses it (counted)
+    // and encodes the image itself when it is uploaded there.
+    let png2 = common::synthetic_png(300, 220, 52);
+    let id2 = samserve::core::engine::image_id_of(&png2);
+    put_on(&client, &a.base, &png2).await;
+    let key2 = value_key(port, &id2);
+    let mut bad = redis_get(port, &key2).unwrap();
+    let at = bad.len() - 32 - 8;
+    bad[at] ^= 0x40;
+    redis_set(port, &key2, &bad);
+    let errors = common::metric_at(
+        &client,
+        &b.base,
+        "samserve_embedding_store_errors_total",
+        "op=\"decode\"",
+    )
+    .await;
+    let (st, _) = segment(&client, &b.base, &id2, &prompts()).await;
+    assert_eq!(st, 404, "a damaged value is a miss, not an answer");
+    let errors2 = common::metric_at(
+        &client,
+        &b.base,
+        "samserve_embedding_store_errors_total",
+        "op=\"decode\"",
+    )
+    .await;
+    assert_eq!(errors2, errors + 1.0);
+    a.proc.assert_alive();
+    b.proc.assert_alive();
+}

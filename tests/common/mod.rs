@@ -4,6 +4,7 @@
 pub mod child;
 pub mod parity_cases;
 pub mod redis;
+pub mod sam2_cases;
 pub mod vectors;
 
 use std::path::PathBuf;

@@ -54,7 +54,8 @@ pub struct AmgParams {
     #[schema(minimum = 1, maximum = 1024)]
     #[serde(deserialize_with = "crate::core::lenient::opt_i64")]
     pub points_per_batch: Option<i64>,
-    /// Keep masks whose predicted IoU is strictly above this (0.88); 0 disables the filter.
+    /// Keep masks whose predicted IoU is strictly above this (0.88; 0.8 on SAM 2 models, as
+    /// `SAM2AutomaticMaskGenerator`); 0 disables the filter.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0.0, maximum = 1.0)]
     pub pred_iou_thresh: Option<f64>,
@@ -226,6 +227,17 @@ fn unit_interval(name: &str, v: f64) -> Result<f64, String> {
 }
 
 impl AmgParams {
+    /// The request with the model family's reference default filled in where it differs
+    /// from `SamAutomaticMaskGenerator`'s: `pred_iou_thresh` (0.8 for SAM 2's generator),
+    /// when the request leaves it and the default preset open.
+    pub fn with_family_defaults(mut self, pred_iou_thresh: f64) -> Self {
+        if self.pred_iou_thresh.is_none() && matches!(self.preset, None | Some(AmgPreset::Default))
+        {
+            self.pred_iou_thresh = Some(pred_iou_thresh);
+        }
+        self
+    }
+
     /// Checks every field; the error names the offending field and its allowed range.
     pub fn validate(&self) -> Result<(), String> {
         self.resolve().map(|_| ())
@@ -392,6 +404,24 @@ mod tests {
 
     fn parse(json: &str) -> AmgParams {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn family_defaults_fill_only_what_the_request_leaves_open() {
+        // SAM2AutomaticMaskGenerator: pred_iou_thresh 0.8 (SamAutomaticMaskGenerator: 0.88).
+        let s = parse("{}").with_family_defaults(0.8).resolve().unwrap();
+        assert_eq!(s.pred_iou_thresh, 0.8);
+        let s = parse(r#"{"pred_iou_thresh": 0.5}"#)
+            .with_family_defaults(0.8)
+            .resolve()
+            .unwrap();
+        assert_eq!(s.pred_iou_thresh, 0.5);
+        // A named preset keeps its own value.
+        let s = parse(r#"{"preset": "sa1b"}"#)
+            .with_family_defaults(0.8)
+            .resolve()
+            .unwrap();
+        assert_eq!(s.pred_iou_thresh, 0.88);
     }
 
     #[test]

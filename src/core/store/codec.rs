@@ -3,7 +3,8 @@
 //! Anyone who can write to the store can put any bytes under a key, so a value carries
 //! everything needed to refuse it: the model and the image it belongs to, the geometry of
 //! that image, and a checksum over all of it. A value is a set of named tensors (SAM has
-//! one, `image_embeddings`; models with several embedding outputs store them side by side):
+//! one, `image_embeddings`; SAM 2 three, `image_embed`, `high_res_feats_0` and
+//! `high_res_feats_1`, stored side by side):
 //!
 //! ```text
 //! "SAME"  version u16 = 2  reserved u16 = 0
@@ -23,9 +24,9 @@
 //! the caller treats it as a miss. Values of other format versions are refused the same
 //! way (and live under other keys). Raw f32 keeps masks bit-identical across replicas.
 
-use crate::runtime::embedding::{Embedding, EmbeddingData};
+use crate::runtime::embedding::{Embedding, EmbeddingData, EmbeddingTensor};
+use crate::runtime::family::Resize;
 use crate::runtime::image_limits::DecodeLimits;
-use crate::runtime::preprocess::resized_size;
 
 const MAGIC: &[u8; 4] = b"SAME";
 /// Bump when the layout changes; older values then read as misses.
@@ -70,6 +71,9 @@ pub struct ModelTag {
     /// Long side of the encoder frame; a value's resized geometry must follow from its
     /// original geometry by the resize rule for this size.
     pub input_size: usize,
+    /// The family's resize rule (SAM: long side to `input_size`; SAM 2: stretched to
+    /// `input_size` x `input_size`).
+    pub resize: Resize,
     /// The tensors of one value, in stored order.
     pub tensors: Vec<TensorSpec>,
 }
@@ -322,7 +326,7 @@ pub fn decode_tensors(
         resized_width: r.u32()?,
         resized_height: r.u32()?,
     };
-    check_geometry(&geometry, tag.input_size, &rules.limits)?;
+    check_geometry(&geometry, tag.input_size, tag.resize, &rules.limits)?;
     if r.u16()? as usize != tag.tensors.len() {
         return Err("another number of tensors".into());
     }
@@ -371,12 +375,13 @@ pub fn decode_tensors(
 pub fn check_geometry(
     g: &Geometry,
     input_size: usize,
+    resize: Resize,
     limits: &DecodeLimits,
 ) -> Result<(), String> {
     limits
         .check_size("stored", g.width, g.height)
         .map_err(|e| format!("geometry {}x{}: {e}", g.width, g.height))?;
-    let expected = resized_size(g.width, g.height, input_size);
+    let expected = resize.frame_size(g.width, g.height, input_size);
     if (g.resized_width, g.resized_height) != expected {
         return Err(format!(
             "resized geometry {}x{} does not follow from {}x{} (expected {}x{})",
@@ -386,8 +391,9 @@ pub fn check_geometry(
     Ok(())
 }
 
-/// Serializes a SAM embedding (one tensor, [`SAM_EMBEDDING`]). Float16 caches write their
-/// values widened to float32, exactly, so replicas with either cache dtype share a store.
+/// Serializes an embedding: its tensors in the tag's order (matched by name). Float16
+/// caches write their values widened to float32, exactly, so replicas with either cache
+/// dtype share a store.
 pub fn encode(
     tag: &ModelTag,
     image_id: &str,
@@ -400,29 +406,38 @@ pub fn encode(
         resized_width: e.resized_width,
         resized_height: e.resized_height,
     };
-    let values = e.data.to_f32();
-    encode_tensors(tag, image_id, geometry, &[&values], seal)
+    let values = tag
+        .tensors
+        .iter()
+        .map(|spec| {
+            e.tensor(&spec.name)
+                .map(|t| t.data.to_f32())
+                .ok_or_else(|| format!("the embedding has no tensor {}", spec.name))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let slices: Vec<&[f32]> = values.iter().map(|v| v.as_ref()).collect();
+    encode_tensors(tag, image_id, geometry, &slices, seal)
 }
 
-/// Parses and checks a SAM embedding value (see [`decode_tensors`]).
+/// Parses and checks an embedding value (see [`decode_tensors`]).
 pub fn decode(
     tag: &ModelTag,
     image_id: &str,
     bytes: &[u8],
     rules: &ValueRules,
 ) -> Result<Embedding, String> {
-    let [spec] = tag.tensors.as_slice() else {
-        return Err("the model stores several tensors, not one embedding".into());
-    };
-    let shape: [usize; 4] = spec
-        .shape
-        .as_slice()
-        .try_into()
-        .map_err(|_| format!("embedding shape {:?} is not 4-D", spec.shape))?;
-    let (g, mut tensors) = decode_tensors(tag, image_id, bytes, rules)?;
+    let (g, tensors) = decode_tensors(tag, image_id, bytes, rules)?;
     Ok(Embedding {
-        data: EmbeddingData::F32(tensors.pop().unwrap_or_default()),
-        shape,
+        tensors: tag
+            .tensors
+            .iter()
+            .zip(tensors)
+            .map(|(spec, values)| EmbeddingTensor {
+                name: spec.name.as_str().into(),
+                shape: spec.shape.clone(),
+                data: EmbeddingData::F32(values),
+            })
+            .collect(),
         width: g.width,
         height: g.height,
         resized_width: g.resized_width,

@@ -88,16 +88,22 @@ pub fn model_tag(spec: &ModelSpec, encoder_onnx: &[u8]) -> ModelTag {
         h.update(&v.to_le_bytes());
     }
     h.update(format!("{:?}", spec.encoder_input).as_bytes());
+    h.update(format!("{:?}", spec.kind.resize()).as_bytes());
     let mut fingerprint = [0u8; 16];
     fingerprint.copy_from_slice(&h.finalize().as_bytes()[..16]);
     ModelTag {
         name: spec.name.clone(),
         fingerprint,
         input_size: spec.input_size,
-        tensors: vec![TensorSpec {
-            name: codec::SAM_EMBEDDING.into(),
-            shape: spec.embedding_shape.to_vec(),
-        }],
+        resize: spec.kind.resize(),
+        tensors: spec
+            .tensors
+            .iter()
+            .map(|t| TensorSpec {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+            })
+            .collect(),
     }
 }
 

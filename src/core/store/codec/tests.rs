@@ -7,6 +7,7 @@ fn tag() -> ModelTag {
         name: "m".into(),
         fingerprint: [7; 16],
         input_size: 1024,
+        resize: Resize::LongSidePad,
         tensors: vec![TensorSpec {
             name: SAM_EMBEDDING.into(),
             shape: vec![1, 2, 3, 4],
@@ -16,8 +17,11 @@ fn tag() -> ModelTag {
 
 fn emb() -> Embedding {
     Embedding {
-        data: EmbeddingData::F32((0..24).map(|i| i as f32 * 0.37 - 3.0).collect()),
-        shape: [1, 2, 3, 4],
+        tensors: vec![EmbeddingTensor {
+            name: SAM_EMBEDDING.into(),
+            shape: vec![1, 2, 3, 4],
+            data: EmbeddingData::F32((0..24).map(|i| i as f32 * 0.37 - 3.0).collect()),
+        }],
         width: 640,
         height: 480,
         resized_width: 1024,
@@ -56,7 +60,7 @@ fn refusal(bytes: &[u8]) -> String {
 #[test]
 fn round_trip_is_bit_exact_and_the_length_is_known() {
     let mut e = emb();
-    let EmbeddingData::F32(v) = &mut e.data else {
+    let EmbeddingData::F32(v) = &mut e.tensors[0].data else {
         unreachable!()
     };
     v[5] = f32::from_bits(0x0000_0001); // a subnormal survives too
@@ -66,10 +70,13 @@ fn round_trip_is_bit_exact_and_the_length_is_known() {
     assert_eq!(bytes.len(), header + 24 * 4 + 32);
     let back = decode(&tag(), ID, &bytes, &rules()).unwrap();
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    assert_eq!(bits(&back.data.to_f32()), bits(&e.data.to_f32()));
+    assert_eq!(
+        bits(&back.tensors[0].data.to_f32()),
+        bits(&e.tensors[0].data.to_f32())
+    );
     assert_eq!((back.width, back.height), (640, 480));
     assert_eq!((back.resized_width, back.resized_height), (1024, 768));
-    assert_eq!(back.shape, [1, 2, 3, 4]);
+    assert_eq!(back.tensors[0].shape, [1, 2, 3, 4]);
     // The checksum is blake3 of everything before it (the documented layout).
     let n = bytes.len() - 32;
     assert_eq!(&bytes[n..], blake3::hash(&bytes[..n]).as_bytes());
@@ -101,8 +108,19 @@ fn several_named_tensors_round_trip() {
     let (g2, back) = decode_tensors(&t, ID, &bytes, &rules()).unwrap();
     assert_eq!(g2, g);
     assert_eq!(back, vec![a.clone(), b.clone()]);
-    // The SAM-1 view refuses a several-tensor model instead of picking one.
-    assert!(decode(&t, ID, &bytes, &rules()).is_err());
+    // The embedding view: both tensors, by name, in the model's order.
+    let e = decode(&t, ID, &bytes, &rules()).unwrap();
+    let names: Vec<&str> = e.tensors.iter().map(|t| &*t.name).collect();
+    assert_eq!(names, ["image_embed", "high_res_feats_0"]);
+    assert_eq!(
+        e.tensor("high_res_feats_0").unwrap().data.to_f32().as_ref(),
+        &b[..]
+    );
+    assert_eq!(encode(&t, ID, &e, &Seal::Checksum).unwrap(), bytes);
+    // An embedding without one of the model's tensors is not written.
+    let mut short = e;
+    short.tensors.pop();
+    assert!(encode(&t, ID, &short, &Seal::Checksum).is_err());
     // Lengths that do not match the shapes are refused when encoding.
     assert!(encode_tensors(&t, ID, g, &[&a], &Seal::Checksum).is_err());
     assert!(encode_tensors(&t, ID, g, &[&b, &a], &Seal::Checksum).is_err());
@@ -257,9 +275,14 @@ fn geometry_rules() {
         resized_width: rw,
         resized_height: rh,
     };
-    assert!(check_geometry(&g(640, 480, 1024, 768), 1024, &l).is_ok());
-    assert!(check_geometry(&g(1, 1, 1024, 1024), 1024, &l).is_ok());
-    assert!(check_geometry(&g(640, 480, 1024, 769), 1024, &l).is_err());
-    assert!(check_geometry(&g(640, 480, 1024, 768), 512, &l).is_err());
-    assert!(check_geometry(&g(4001, 4000, 1024, 1024), 1024, &l).is_err());
+    let sam = Resize::LongSidePad;
+    assert!(check_geometry(&g(640, 480, 1024, 768), 1024, sam, &l).is_ok());
+    assert!(check_geometry(&g(1, 1, 1024, 1024), 1024, sam, &l).is_ok());
+    assert!(check_geometry(&g(640, 480, 1024, 769), 1024, sam, &l).is_err());
+    assert!(check_geometry(&g(640, 480, 1024, 768), 512, sam, &l).is_err());
+    assert!(check_geometry(&g(4001, 4000, 1024, 1024), 1024, sam, &l).is_err());
+    // SAM 2 stretches every image to the whole frame.
+    let sam2 = Resize::Stretch;
+    assert!(check_geometry(&g(640, 480, 1024, 1024), 1024, sam2, &l).is_ok());
+    assert!(check_geometry(&g(640, 480, 1024, 768), 1024, sam2, &l).is_err());
 }
