@@ -78,6 +78,7 @@ async fn page_works_on_a_sam2_model() {
             "encoder": mini.join("encoder.onnx"),
             "decoder": mini.join("decoder.onnx"),
             "input_size": 1024,
+            "description": "SAM 2.1 test model with random weights (not a segmentation model)",
             "text": common::repo().join("models/text-minilm"),
         })
         .to_string(),
