@@ -9,6 +9,7 @@ pub mod family;
 pub mod image_limits;
 pub mod infer;
 pub mod manifest;
+mod mask_tiles;
 pub mod model;
 pub mod onnx_external;
 pub mod onnx_io;

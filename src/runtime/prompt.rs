@@ -148,9 +148,49 @@ impl MaskGeometry {
         self.map(low_res, |v| v)
     }
 
-    /// The mask at the image size: 1 where the upscaled logit is above `threshold`.
+    /// The mask at the image size: 1 where the upscaled logit is above `threshold`. At the
+    /// usual threshold 0 only the tiles along the mask's edge are upscaled (the same bits:
+    /// [`super::mask_tiles`]).
     pub fn upscale_mask(&self, low_res: &[f32], threshold: f32) -> Vec<u8> {
+        if threshold == 0.0 {
+            return super::mask_tiles::mask_above_zero(low_res, &self.stages());
+        }
         self.map(low_res, |v| (v > threshold) as u8)
+    }
+
+    /// The resizes from the low-res plane to the image, as [`Self::map`] runs them.
+    fn stages(&self) -> Vec<super::mask_tiles::Stage> {
+        use super::mask_tiles::Stage;
+        let (lw, lh) = (self.low_res_width, self.low_res_height);
+        let to_image = |width, height| Stage {
+            width,
+            height,
+            out_width: self.width,
+            out_height: self.height,
+            crop_width: self.width,
+            crop_height: self.height,
+        };
+        if self.direct {
+            return vec![to_image(lw, lh)];
+        }
+        assert!(
+            self.resized_width <= self.input_size && self.resized_height <= self.input_size,
+            "resized size {}x{} exceeds input size {}",
+            self.resized_width,
+            self.resized_height,
+            self.input_size
+        );
+        vec![
+            Stage {
+                width: lw,
+                height: lh,
+                out_width: self.input_size,
+                out_height: self.input_size,
+                crop_width: self.resized_width,
+                crop_height: self.resized_height,
+            },
+            to_image(self.resized_width, self.resized_height),
+        ]
     }
 
     fn map<T: Copy>(&self, low_res: &[f32], f: impl Fn(f32) -> T) -> Vec<T> {

@@ -329,18 +329,18 @@ fn resample_vertical(
 }
 
 /// Source sample pairs and blend weights for linear interpolation along one axis.
-struct LinearAxis {
-    i0: Vec<usize>,
-    i1: Vec<usize>,
-    w0: Vec<f32>,
-    w1: Vec<f32>,
+pub(super) struct LinearAxis {
+    pub(super) i0: Vec<usize>,
+    pub(super) i1: Vec<usize>,
+    pub(super) w0: Vec<f32>,
+    pub(super) w1: Vec<f32>,
 }
 
 /// Computes PyTorch's `align_corners=False` linear sampling positions for output samples
 /// `0..count` of an `in_size -> out_size` resize.
 ///
 /// The arithmetic is in `f32`, as PyTorch does for `float` tensors on the CPU.
-fn linear_axis(in_size: usize, out_size: usize, count: usize) -> LinearAxis {
+pub(super) fn linear_axis(in_size: usize, out_size: usize, count: usize) -> LinearAxis {
     let mut axis = LinearAxis {
         i0: Vec::with_capacity(count),
         i1: Vec::with_capacity(count),
@@ -389,6 +389,28 @@ fn interpolate_window(
         crop_height,
     };
     interpolate_window_map(src, window, |v| v)
+}
+
+/// [`interpolate_window`] for other modules' tests (the full path they compare against).
+#[cfg(test)]
+pub(super) fn interpolate_window_for_tests(
+    src: &[f32],
+    width: usize,
+    height: usize,
+    out_width: usize,
+    out_height: usize,
+    crop_width: usize,
+    crop_height: usize,
+) -> Vec<f32> {
+    interpolate_window(
+        src,
+        width,
+        height,
+        out_width,
+        out_height,
+        crop_width,
+        crop_height,
+    )
 }
 
 /// The arguments of [`interpolate_window`]: source size, resized size, kept window.
