@@ -157,7 +157,9 @@ fn fill(out: &mut [u8], width: usize, r: Rect, v: u8) {
 
 /// The tile's samples computed as the full resize computes them: per stage a horizontal
 /// pass (`w0 * a + w1 * b` along x) over the source rows the tile reads, then a vertical
-/// one (`w0 * a + w1 * b` along y), on just the rectangles the tile depends on.
+/// one (`w0 * a + w1 * b` along y), on just the rectangles the tile depends on. A stage that
+/// keeps the size (weights 1 and 0 on the same sample) is `1 * a + 0 * a = a` for finite
+/// values and is skipped when the rectangle is finite.
 #[allow(clippy::too_many_arguments)]
 fn exact_tile(
     low_res: &[f32],
@@ -169,43 +171,51 @@ fn exact_tile(
     out_width: usize,
     scratch: &mut Vec<f32>,
 ) {
-    // `cur` holds plane k's values on rects[k], row-major; plane 0 is read in place.
-    let mut cur: Vec<f32> = Vec::new();
-    for k in 0..stages.len() {
-        let (src_rect, dst_rect) = (rects[k], rects[k + 1]);
-        let a = &axes[k];
-        let src_at = |x: usize, y: usize| -> f32 {
-            if k == 0 {
-                low_res[y * low_res_width + x]
-            } else {
-                cur[(y - src_rect.y0) * src_rect.width() + (x - src_rect.x0)]
-            }
-        };
-        // Horizontal pass: every source row of src_rect, the destination's columns.
-        let dw = dst_rect.width();
+    // `cur` holds plane k's values on rects[k], row-major.
+    let r0 = rects[0];
+    let mut cur: Vec<f32> = Vec::with_capacity(r0.width() * r0.height());
+    for y in r0.y0..r0.y1 {
+        cur.extend_from_slice(&low_res[y * low_res_width + r0.x0..y * low_res_width + r0.x1]);
+    }
+    let mut next: Vec<f32> = Vec::new();
+    for (k, (stage, a)) in stages.iter().zip(axes).enumerate() {
+        let (src, dst) = (rects[k], rects[k + 1]);
+        let same_size = stage.width == stage.out_width && stage.height == stage.out_height;
+        if same_size && cur.iter().all(|v| v.is_finite()) {
+            // rects[k + 1] == rects[k] here: the stage maps every sample to itself.
+            continue;
+        }
+        let (sw, dw) = (src.width(), dst.width());
+        // Horizontal pass: every source row of `src`, the destination's columns.
+        let xi0: Vec<usize> = a.xs.i0[dst.x0..dst.x1]
+            .iter()
+            .map(|&i| i - src.x0)
+            .collect();
+        let xi1: Vec<usize> = a.xs.i1[dst.x0..dst.x1]
+            .iter()
+            .map(|&i| i - src.x0)
+            .collect();
+        let (xw0, xw1) = (&a.xs.w0[dst.x0..dst.x1], &a.xs.w1[dst.x0..dst.x1]);
         scratch.clear();
-        scratch.reserve(src_rect.height() * dw);
-        for y in src_rect.y0..src_rect.y1 {
-            for x in dst_rect.x0..dst_rect.x1 {
-                let v = a.xs.w0[x] * src_at(a.xs.i0[x], y) + a.xs.w1[x] * src_at(a.xs.i1[x], y);
-                scratch.push(v);
+        scratch.reserve(src.height() * dw);
+        for row in cur.chunks_exact(sw) {
+            for x in 0..dw {
+                scratch.push(xw0[x] * row[xi0[x]] + xw1[x] * row[xi1[x]]);
             }
         }
         // Vertical pass.
-        let mut next = Vec::with_capacity(dst_rect.height() * dw);
-        for y in dst_rect.y0..dst_rect.y1 {
-            let r0 = &scratch[(a.ys.i0[y] - src_rect.y0) * dw..][..dw];
-            let r1 = &scratch[(a.ys.i1[y] - src_rect.y0) * dw..][..dw];
+        next.clear();
+        next.reserve(dst.height() * dw);
+        for y in dst.y0..dst.y1 {
+            let t0 = &scratch[(a.ys.i0[y] - src.y0) * dw..][..dw];
+            let t1 = &scratch[(a.ys.i1[y] - src.y0) * dw..][..dw];
             let (w0, w1) = (a.ys.w0[y], a.ys.w1[y]);
-            for x in 0..dw {
-                next.push(w0 * r0[x] + w1 * r1[x]);
-            }
+            next.extend(t0.iter().zip(t1).map(|(&p, &q)| w0 * p + w1 * q));
         }
-        cur = next;
+        std::mem::swap(&mut cur, &mut next);
     }
     let tile = rects[stages.len()];
-    for y in tile.y0..tile.y1 {
-        let row = &cur[(y - tile.y0) * tile.width()..][..tile.width()];
+    for (y, row) in (tile.y0..tile.y1).zip(cur.chunks_exact(tile.width())) {
         for (o, &v) in out[y * out_width + tile.x0..y * out_width + tile.x1]
             .iter_mut()
             .zip(row)
