@@ -13,7 +13,7 @@
 //! [`super::resize`]'s full path). A click's masks are mostly inside or outside: on a
 //! 1024x768 image this computes a few percent of the samples.
 
-use super::resize::{linear_axis, LinearAxis};
+use super::resize::{linear_axis, LinearAxis, Window};
 
 /// Side of the square output tiles decided at once.
 const TILE: usize = 32;
@@ -21,18 +21,6 @@ const TILE: usize = 32;
 /// Below this, a positive sample could underflow to 0 through the weights (at least 1/16
 /// over two resizes of two passes each): such tiles take the exact path.
 const POSITIVE_FLOOR: f32 = 1e-30;
-
-/// One bilinear resize of a `width x height` plane to `out_width x out_height`, of which
-/// only the top-left `crop_width x crop_height` window is kept.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Stage {
-    pub width: usize,
-    pub height: usize,
-    pub out_width: usize,
-    pub out_height: usize,
-    pub crop_width: usize,
-    pub crop_height: usize,
-}
 
 struct Axes {
     xs: LinearAxis,
@@ -60,7 +48,7 @@ impl Rect {
 
 /// `(low_res resized through stages) > 0` as 0/1 bytes, row-major, the last stage's crop
 /// size. `stages` must chain (each one's crop size is the next one's source size).
-pub(super) fn mask_above_zero(low_res: &[f32], stages: &[Stage]) -> Vec<u8> {
+pub(super) fn mask_above_zero(low_res: &[f32], stages: &[Window]) -> Vec<u8> {
     let first = stages[0];
     assert_eq!(
         low_res.len(),
@@ -164,7 +152,7 @@ fn fill(out: &mut [u8], width: usize, r: Rect, v: u8) {
 fn exact_tile(
     low_res: &[f32],
     low_res_width: usize,
-    stages: &[Stage],
+    stages: &[Window],
     axes: &[Axes],
     rects: &[Rect],
     out: &mut [u8],
@@ -230,18 +218,10 @@ mod tests {
     use super::*;
 
     /// The full path: resize every sample, then threshold.
-    fn full(low_res: &[f32], stages: &[Stage]) -> Vec<u8> {
+    fn full(low_res: &[f32], stages: &[Window]) -> Vec<u8> {
         let mut plane = low_res.to_vec();
         for s in stages {
-            plane = super::super::resize::interpolate_window_for_tests(
-                &plane,
-                s.width,
-                s.height,
-                s.out_width,
-                s.out_height,
-                s.crop_width,
-                s.crop_height,
-            );
+            plane = super::super::resize::interpolate_window_map(&plane, *s, |v| v);
         }
         plane.iter().map(|&v| (v > 0.0) as u8).collect()
     }
@@ -303,9 +283,9 @@ mod tests {
         rh: usize,
         w: usize,
         h: usize,
-    ) -> Vec<Stage> {
+    ) -> Vec<Window> {
         vec![
-            Stage {
+            Window {
                 width: low,
                 height: low,
                 out_width: input,
@@ -313,7 +293,7 @@ mod tests {
                 crop_width: rw,
                 crop_height: rh,
             },
-            Stage {
+            Window {
                 width: rw,
                 height: rh,
                 out_width: w,
@@ -337,7 +317,7 @@ mod tests {
         ];
         // SAM 2: one resize straight to the image.
         for (w, h) in [(640, 480), (1024, 1024), (37, 901), (1, 1)] {
-            cases.push(vec![Stage {
+            cases.push(vec![Window {
                 width: 256,
                 height: 256,
                 out_width: w,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::embedding::Embedding;
 use super::family::Family;
 use super::model::ModelSpec;
+use super::resize::{interpolate_window_map, Window};
 
 impl ModelSpec {
     /// A prompt in the decoder's frame: clicks `(x, y, label)` and an optional box
@@ -158,11 +159,12 @@ impl MaskGeometry {
         self.map(low_res, |v| (v > threshold) as u8)
     }
 
-    /// The resizes from the low-res plane to the image, as [`Self::map`] runs them.
-    fn stages(&self) -> Vec<super::mask_tiles::Stage> {
-        use super::mask_tiles::Stage;
+    /// The resizes from the low-res plane to the image: SAM's `postprocess_masks` (to the
+    /// encoder frame, cropped to the resized image, then to the image) or SAM 2's (straight
+    /// to the image).
+    fn stages(&self) -> Vec<Window> {
         let (lw, lh) = (self.low_res_width, self.low_res_height);
-        let to_image = |width, height| Stage {
+        let to_image = |width, height| Window {
             width,
             height,
             out_width: self.width,
@@ -181,7 +183,7 @@ impl MaskGeometry {
             self.input_size
         );
         vec![
-            Stage {
+            Window {
                 width: lw,
                 height: lh,
                 out_width: self.input_size,
@@ -193,25 +195,15 @@ impl MaskGeometry {
         ]
     }
 
+    /// Runs [`Self::stages`], applying `f` to each sample of the last one as it is computed.
     fn map<T: Copy>(&self, low_res: &[f32], f: impl Fn(f32) -> T) -> Vec<T> {
-        let (lw, lh) = (self.low_res_width, self.low_res_height);
-        if self.direct {
-            super::resize::interpolate_bilinear_map(low_res, lw, lh, self.width, self.height, f)
-        } else {
-            super::resize::upscale_low_res_map(
-                low_res,
-                [
-                    lw,
-                    lh,
-                    self.input_size,
-                    self.resized_width,
-                    self.resized_height,
-                    self.width,
-                    self.height,
-                ],
-                f,
-            )
+        let stages = self.stages();
+        let (last, before) = stages.split_last().expect("at least one resize");
+        let mut plane = std::borrow::Cow::Borrowed(low_res);
+        for w in before {
+            plane = std::borrow::Cow::Owned(interpolate_window_map(&plane, *w, |v| v));
         }
+        interpolate_window_map(&plane, *last, f)
     }
 }
 

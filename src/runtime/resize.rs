@@ -391,37 +391,17 @@ fn interpolate_window(
     interpolate_window_map(src, window, |v| v)
 }
 
-/// [`interpolate_window`] for other modules' tests (the full path they compare against).
-#[cfg(test)]
-pub(super) fn interpolate_window_for_tests(
-    src: &[f32],
-    width: usize,
-    height: usize,
-    out_width: usize,
-    out_height: usize,
-    crop_width: usize,
-    crop_height: usize,
-) -> Vec<f32> {
-    interpolate_window(
-        src,
-        width,
-        height,
-        out_width,
-        out_height,
-        crop_width,
-        crop_height,
-    )
-}
-
-/// The arguments of [`interpolate_window`]: source size, resized size, kept window.
+/// One bilinear resize: a `width x height` plane resized to `out_width x out_height`, of
+/// which only the top-left `crop_width x crop_height` window is kept (the arguments of
+/// [`interpolate_window`]).
 #[derive(Debug, Clone, Copy)]
-struct Window {
-    width: usize,
-    height: usize,
-    out_width: usize,
-    out_height: usize,
-    crop_width: usize,
-    crop_height: usize,
+pub(super) struct Window {
+    pub width: usize,
+    pub height: usize,
+    pub out_width: usize,
+    pub out_height: usize,
+    pub crop_width: usize,
+    pub crop_height: usize,
 }
 
 /// [`interpolate_window`] with `map` applied to every output sample as it is computed, so
@@ -430,7 +410,11 @@ struct Window {
 /// On x86-64 CPUs with AVX2 the same code is compiled a second time with AVX2 enabled and
 /// chosen at run time; only the vector width differs (no FMA contraction), so both give
 /// bit-identical results.
-fn interpolate_window_map<T: Copy>(src: &[f32], window: Window, map: impl Fn(f32) -> T) -> Vec<T> {
+pub(super) fn interpolate_window_map<T: Copy>(
+    src: &[f32],
+    window: Window,
+    map: impl Fn(f32) -> T,
+) -> Vec<T> {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
@@ -539,32 +523,6 @@ pub fn interpolate_bilinear_f32(
     interpolate_window(
         src, width, height, new_width, new_height, new_width, new_height,
     )
-}
-
-/// [`interpolate_bilinear_f32`] with `map` applied to each sample as it is computed (SAM 2's
-/// `postprocess_masks`: the low-res logits straight to the image size).
-pub(super) fn interpolate_bilinear_map<T: Copy>(
-    src: &[f32],
-    width: usize,
-    height: usize,
-    new_width: usize,
-    new_height: usize,
-    map: impl Fn(f32) -> T,
-) -> Vec<T> {
-    assert_eq!(
-        src.len(),
-        width * height,
-        "plane length does not match {width}x{height}"
-    );
-    let window = Window {
-        width,
-        height,
-        out_width: new_width,
-        out_height: new_height,
-        crop_width: new_width,
-        crop_height: new_height,
-    };
-    interpolate_window_map(src, window, map)
 }
 
 /// SAM's `postprocess_masks` for one low-resolution logit plane.
