@@ -90,6 +90,8 @@ pub struct Metrics {
     pub in_flight_requests: IntGauge,
     /// Open client connections.
     pub open_connections: IntGauge,
+    /// Connections closed by a connection timer, by timer (`header`, `idle`).
+    pub connections_timed_out_total: IntCounterVec,
     /// Segment-everything point prompts decoded, by model (progress of long runs).
     pub everything_points_total: IntCounterVec,
     /// Segment-everything runs in progress.
@@ -283,6 +285,11 @@ impl Metrics {
                 "samserve_rejected_requests_total",
                 "Requests refused by admission control or deadline, by reason.",
                 &["reason"],
+            ),
+            connections_timed_out_total: counter(
+                "samserve_connections_timed_out_total",
+                "Connections closed by --header-timeout-ms or --idle-timeout-ms, by timer.",
+                &["timer"],
             ),
             abandoned_total: counter(
                 "samserve_abandoned_jobs_total",

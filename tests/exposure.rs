@@ -160,10 +160,42 @@ fn wait_for_close(mut stream: std::net::TcpStream, limit: Duration) -> (Duration
     }
 }
 
+/// Sends one GET /healthz on `stream` and reads its whole (keep-alive) response.
+fn healthz_on(stream: &mut std::net::TcpStream) -> String {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the response was whole");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("content-length");
+            if body.len() >= len {
+                return text;
+            }
+        }
+    }
+}
+
 #[tokio::test]
-async fn half_sent_requests_and_idle_connections_are_closed_after_the_header_timeout() {
+async fn half_sent_requests_meet_the_header_timeout_and_idle_keep_alives_the_idle_timeout() {
     let mut cfg = common::config();
     cfg.exposure.header_timeout_ms = 1000;
+    cfg.exposure.idle_timeout_ms = 3000;
     let s = TestServer::start(cfg).await;
     let addr = s.base.trim_start_matches("http://").to_string();
     let (half, idle) = tokio::task::spawn_blocking(move || {
@@ -172,27 +204,41 @@ async fn half_sent_requests_and_idle_connections_are_closed_after_the_header_tim
         a.write_all(b"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Ty")
             .unwrap();
         let half = wait_for_close(a, Duration::from_secs(30));
-        // A keep-alive connection after a complete request, then idle.
+        // A keep-alive connection after a complete request and its response, then idle.
         let mut b = std::net::TcpStream::connect(&addr).unwrap();
-        b.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
+        let first = healthz_on(&mut b);
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
         let idle = wait_for_close(b, Duration::from_secs(30));
         (half, idle)
     })
     .await
     .unwrap();
-    // Closed, not before the timeout (the server cannot know earlier), well within 30 s.
+    // Each closed by its own timer: not before it (the server cannot know earlier), and the
+    // idle connection not by the (shorter) header timer.
     assert!(
-        half.0 >= Duration::from_millis(900),
-        "closed too early: {:?}",
+        half.0 >= Duration::from_millis(900) && half.0 < Duration::from_millis(2900),
+        "half-sent head closed after {:?} (header timeout 1 s)",
         half.0
     );
-    let idle_text = String::from_utf8_lossy(&idle.1).to_string();
-    assert!(idle_text.starts_with("HTTP/1.1 200"), "{idle_text}");
     assert!(
-        idle.0 >= Duration::from_millis(900),
-        "closed too early: {:?}",
+        idle.0 >= Duration::from_millis(2900),
+        "idle keep-alive closed after {:?} (idle timeout 3 s, header timeout 1 s)",
         idle.0
+    );
+    assert!(
+        idle.1.is_empty(),
+        "sent on close: {:?}",
+        String::from_utf8_lossy(&idle.1)
+    );
+    assert_eq!(
+        s.metric("samserve_connections_timed_out_total", "timer=\"header\"")
+            .await,
+        1.0
+    );
+    assert!(
+        s.metric("samserve_connections_timed_out_total", "timer=\"idle\"")
+            .await
+            >= 1.0
     );
     // The server still serves.
     assert_eq!(
@@ -203,6 +249,35 @@ async fn half_sent_requests_and_idle_connections_are_closed_after_the_header_tim
             .unwrap()
             .status(),
         200
+    );
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_quieter_than_the_idle_timeout_serves_its_next_request() {
+    // A short header timeout must not close a keep-alive connection that waits between
+    // requests: that wait is under --idle-timeout-ms. The next request's head, once it has
+    // started, is under the header timeout again.
+    let mut cfg = common::config();
+    cfg.exposure.header_timeout_ms = 300;
+    cfg.exposure.idle_timeout_ms = 20_000;
+    let s = TestServer::start(cfg).await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let (second, stalled) = tokio::task::spawn_blocking(move || {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        assert!(healthz_on(&mut c).starts_with("HTTP/1.1 200"));
+        std::thread::sleep(Duration::from_millis(1200));
+        let second = healthz_on(&mut c);
+        std::thread::sleep(Duration::from_millis(1200));
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHo").unwrap();
+        (second, wait_for_close(c, Duration::from_secs(10)))
+    })
+    .await
+    .unwrap();
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert!(
+        stalled.0 < Duration::from_secs(5),
+        "a stalled head on a kept-alive connection closed after {:?} (header timeout 0.3 s)",
+        stalled.0
     );
 }
 

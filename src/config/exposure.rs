@@ -23,13 +23,14 @@ pub struct ExposureConfig {
     #[arg(long, env = "SAMSERVE_MAX_CONCURRENT_DECODES", default_value_t = 0)]
     pub max_concurrent_decodes: usize,
 
-    /// Milliseconds a client has to send a request's headers, from its first byte or from
-    /// the end of the previous response; the connection is closed after it (0 = none).
+    /// Milliseconds a client has to send a request's headers, from the connection's start or,
+    /// on a keep-alive connection, from the request's first byte; the connection is closed
+    /// after it (0 = none).
     #[arg(long, env = "SAMSERVE_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_timeout_ms: u64,
 
-    /// Accepted but not enforced in this version: idle keep-alive connections are closed by
-    /// --header-timeout-ms (its clock restarts after each response) and stalled bodies by
+    /// Milliseconds a keep-alive connection may wait, after a response, for the first byte of
+    /// its next request; it is closed after it (0 = none). Stalled bodies are closed by
     /// --request-timeout-ms.
     #[arg(long, env = "SAMSERVE_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub idle_timeout_ms: u64,

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod address_slots;
 pub mod body;
+pub mod conn_timers;
 pub mod cors;
 pub mod downloads;
 pub mod everything;

@@ -1,11 +1,13 @@
-//! The accept loop: HTTP/1.1 connections with a header-read timeout (slowloris), a cap on
-//! open connections, the client address on every request, and graceful shutdown.
+//! The accept loop: HTTP/1.1 connections with a header timeout (slowloris) and an idle
+//! timeout, a cap on open connections, the client address on every request, and graceful
+//! shutdown.
 //!
 //! `axum::serve` sets no timer on hyper, so a client that sends half a request head, or
-//! keeps a connection open without sending anything, holds it forever. Here hyper's
-//! header-read timer runs whenever a connection waits for a request head: from the
-//! connection's start and again after each response, so the same limit closes idle
-//! keep-alive connections. Stalled bodies are covered by the request deadline
+//! keeps a connection open without sending anything, holds it forever. Here each socket
+//! carries its connection's timers ([`super::conn_timers`]): a request head must arrive
+//! within `--header-timeout-ms` of the connection's start (or of its first byte, on a
+//! keep-alive connection), and a keep-alive connection may wait `--idle-timeout-ms` after a
+//! response for its next request. Stalled bodies are covered by the request deadline
 //! (`--request-timeout-ms`), which wraps reading the body too.
 //!
 //! Only HTTP/1.1 is served: sniffing for an HTTP/2 preface would itself wait on the client
@@ -31,6 +33,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 use super::address_slots::AddressSlots;
+use super::conn_timers::{ConnPhase, GuardedBody, TimedIo, Timeouts};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -38,9 +41,12 @@ use crate::metrics::Metrics;
 /// Connection-level limits.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
-    /// Time allowed for a request head, from the connection's start or the previous
-    /// response's end; `None` = none.
+    /// Time allowed for a request head, from the connection's start or (keep-alive) the
+    /// head's first byte; `None` = none.
     pub header_timeout: Option<Duration>,
+    /// Time a keep-alive connection may wait after a response for its next request's first
+    /// byte; `None` = none.
+    pub idle_timeout: Option<Duration>,
     /// Most open connections; 0 = no cap.
     pub max_connections: usize,
     /// Most open connections of one client address; 0 = no cap.
@@ -56,6 +62,7 @@ impl ServeOptions {
         ServeOptions {
             header_timeout: (e.header_timeout_ms > 0)
                 .then(|| Duration::from_millis(e.header_timeout_ms)),
+            idle_timeout: (e.idle_timeout_ms > 0).then(|| Duration::from_millis(e.idle_timeout_ms)),
             max_connections: e.max_connections,
             max_connections_per_address: e.max_connections_per_address,
             shutdown_grace: Duration::from_millis(config.request_timeout_ms.max(1000)),
@@ -76,7 +83,13 @@ pub async fn serve(
     let slots = (opts.max_connections > 0).then(|| Arc::new(Semaphore::new(opts.max_connections)));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new());
-    builder.header_read_timeout(opts.header_timeout);
+    // The connection timers are kept by the socket wrapper (hyper's own header timer would
+    // also run while a keep-alive connection is idle).
+    builder.header_read_timeout(None);
+    let timeouts = Timeouts {
+        header: opts.header_timeout,
+        idle: opts.idle_timeout,
+    };
     let per_address = AddressSlots::new(opts.max_connections_per_address);
     let refusal = refusal_bytes(opts.max_connections_per_address).await;
     let refusing = Arc::new(AtomicUsize::new(0));
@@ -113,21 +126,35 @@ pub async fn serve(
             refuse(stream, refusal.clone(), refusing.clone());
             continue;
         };
+        let phase = ConnPhase::new(timeouts);
         let svc = hyper::service::service_fn({
             let app = app.clone();
+            let phase = phase.clone();
             move |mut req: hyper::Request<hyper::body::Incoming>| {
+                let done = phase.request_started();
                 req.extensions_mut()
                     .insert(ConnectInfo::<SocketAddr>(remote));
-                app.clone().oneshot(req.map(axum::body::Body::new))
+                let resp = app.clone().oneshot(req.map(axum::body::Body::new));
+                async move {
+                    let resp = resp.await?;
+                    Ok::<_, std::convert::Infallible>(
+                        resp.map(|b| axum::body::Body::new(GuardedBody::new(b, done))),
+                    )
+                }
             }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+        let io = TokioIo::new(TimedIo::new(stream, phase.clone()));
+        let conn = builder.serve_connection(io, svc);
         let conn = graceful.watch(conn);
         let open = metrics.open_connections.clone();
+        let timed_out = metrics.connections_timed_out_total.clone();
         tokio::spawn(async move {
             open.inc();
             if let Err(e) = conn.await {
-                tracing::debug!(client = %remote, error = %e, timeout = e.is_timeout(), "connection closed");
+                tracing::debug!(client = %remote, error = %e, "connection closed");
+            }
+            if let Some(which) = phase.expired() {
+                timed_out.with_label_values(&[which.label()]).inc();
             }
             open.dec();
             drop(address_slot);
