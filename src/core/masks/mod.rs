@@ -232,11 +232,13 @@ fn last_set(row: &[u8]) -> Option<usize> {
     words.remainder().iter().rposition(|&v| v != 0)
 }
 
+/// Masks for the unit tests of this module and its children.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_masks {
+    use super::BinaryMask;
 
-    fn mask(rows: &[&str]) -> BinaryMask {
+    /// A mask from rows of '0' and '1'.
+    pub fn mask(rows: &[&str]) -> BinaryMask {
         let h = rows.len() as u32;
         let w = rows.first().map_or(0, |r| r.len()) as u32;
         let data = rows
@@ -245,6 +247,27 @@ mod tests {
             .collect();
         BinaryMask::from_data(w, h, data).unwrap()
     }
+
+    /// A w x h mask with about `density` % of its pixels set, from a small deterministic
+    /// xorshift generator (no extra crates).
+    pub fn random_mask(seed: u64, w: u32, h: u32, density: u64) -> BinaryMask {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let data = (0..w as usize * h as usize)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s % 100 < density) as u8
+            })
+            .collect();
+        BinaryMask::from_data(w, h, data).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_masks::mask;
+    use super::*;
 
     #[test]
     fn from_logits_is_strict() {

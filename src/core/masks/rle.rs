@@ -286,30 +286,7 @@ fn decode_counts_unchecked(h: u32, w: u32, counts: &[u32]) -> Result<BinaryMask,
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn mask(rows: &[&str]) -> BinaryMask {
-        let h = rows.len() as u32;
-        let w = rows.first().map_or(0, |r| r.len()) as u32;
-        let data = rows
-            .iter()
-            .flat_map(|r| r.bytes().map(|b| (b == b'1') as u8))
-            .collect();
-        BinaryMask::from_data(w, h, data).unwrap()
-    }
-
-    /// Small deterministic xorshift generator so the tests need no extra crates.
-    fn random_mask(seed: u64, w: u32, h: u32, density: u64) -> BinaryMask {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let data = (0..w as usize * h as usize)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s % 100 < density) as u8
-            })
-            .collect();
-        BinaryMask::from_data(w, h, data).unwrap()
-    }
+    use crate::core::masks::test_masks::{mask, random_mask};
 
     #[test]
     fn counts_are_column_major_starting_with_background() {
