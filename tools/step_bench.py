@@ -5,7 +5,10 @@ second and decoder prompt-passes per second.
 
   step_bench.py recipes [--reps 2] [--batch 4]   # old recipe (8 targets, all 7 passes) vs the
                                                   # current default (24 targets, 1/3 through 5)
-  step_bench.py precision [--reps 3]              # the default recipe in float32, bfloat16
+  step_bench.py precision [--reps 3]              # the default recipe in float32, float32 +
+                                                  # channels_last, float32 + torch.compile
+                                                  # (decoder passes and losses; and the
+                                                  # encoder), bfloat16
                                                   # autocast, bfloat16 + channels_last
 """
 
@@ -31,15 +34,23 @@ RECIPES = {
 }
 
 
-def step(sam, pdec, opt, batch, args, amp=False, channels_last=False):
+_ENCODERS = {}
+
+
+def step(sam, pdec, opt, batch, args, amp=False, channels_last=False, compiled=False,
+         compiled_encoder=False):
+    T.use_compiled(compiled)
+    if compiled_encoder and "c" not in _ENCODERS:
+        _ENCODERS["c"] = torch.compile(sam.image_encoder)
+    encoder = _ENCODERS["c"] if compiled_encoder else sam.image_encoder
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-        loss = _loss(sam, pdec, batch, args, channels_last)
+        loss = _loss(sam, pdec, batch, args, channels_last, encoder)
     opt.zero_grad()
     loss.backward()
     opt.step()
 
 
-def _loss(sam, pdec, batch, args, channels_last):
+def _loss(sam, pdec, batch, args, channels_last, encoder):
     L = sam.image_encoder.img_size
     img = batch["image"].permute(0, 3, 1, 2).float()
     x = (img - torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)) / torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
@@ -49,7 +60,7 @@ def _loss(sam, pdec, batch, args, channels_last):
     valid = torch.ones_like(target)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    emb = sam.image_encoder(x).repeat_interleave(K, 0)
+    emb = encoder(x).repeat_interleave(K, 0)
     pe = sam.prompt_encoder.get_dense_pe()
     use_box = batch["use_box"].reshape(-1)
     loss = 0.0
@@ -63,6 +74,9 @@ def _loss(sam, pdec, batch, args, channels_last):
 PRECISIONS = {
     "float32": dict(amp=False, channels_last=False),
     "float32 + channels_last": dict(amp=False, channels_last=True),
+    "float32 + torch.compile": dict(amp=False, channels_last=False, compiled=True),
+    "float32 + torch.compile + encoder": dict(amp=False, channels_last=False, compiled=True,
+                                              compiled_encoder=True),
     "bfloat16 autocast": dict(amp=True, channels_last=False),
     "bfloat16 + channels_last": dict(amp=True, channels_last=True),
 }
