@@ -312,6 +312,29 @@ def self_test(sam, pdec):
     print(f"self-test: batched decode == MaskDecoder.predict_masks (max diff {d:.1e})")
 
 
+def compiled_self_test(sam, pdec, dev):
+    """With torch.compile in use, the compiled decoder passes and losses must give the eager
+    numbers (on the model's device; the random draws do not touch the training RNG)."""
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.no_grad():
+        torch.manual_seed(1)
+        C = sam.prompt_encoder.embed_dim
+        g = sam.prompt_encoder.image_embedding_size[0]
+        emb = torch.randn(3, C, g, g, device=dev)
+        pts = torch.rand(3, 2, 2, device=dev) * sam.image_encoder.img_size
+        lab = torch.tensor([[1.0, -1.0], [1.0, 0.0], [2.0, 3.0]], device=dev)
+        sparse = pdec.embed_points(pts, lab)
+        dense = pdec.embed_masks(torch.zeros(3, 1, 4 * g, 4 * g, device=dev), torch.zeros(3, device=dev))
+        pe = sam.prompt_encoder.get_dense_pe()
+        a = _EAGER["decode"](sam, emb, pe, sparse, dense)
+        c = decode(sam, emb, pe, sparse, dense)
+        tgt = (torch.rand_like(a[0]) > 0.8).float()
+        la, lc = _EAGER["mask_losses"](a[0], tgt), mask_losses(a[0], tgt)
+    d = max(float((a[0] - c[0]).abs().max() / a[0].abs().max()), float((a[1] - c[1]).abs().max()),
+            float((la - lc).abs().max() / la.abs().max()))
+    assert d < 1e-3, d
+    print(f"self-test: compiled decode and losses == eager (max relative diff {d:.1e})")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(REPO, "target", "train"))
@@ -407,6 +430,8 @@ def main(argv=None):
     use_compiled(args.compile)
     encoder = torch.compile(sam.image_encoder) if args.compile else sam.image_encoder
     print(f"torch.compile: {'on' if args.compile else 'off'}")
+    if args.compile:
+        compiled_self_test(sam, pdec, dev)
     res = L // 2  # loss resolution: low-res logits upsampled x2
     sam.train()
 
