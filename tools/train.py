@@ -136,9 +136,9 @@ def decode(sam, emb, dense_pe, sparse, dense):
     return masks, md.iou_prediction_head(hs[:, 0])
 
 
-def mask_losses(logits, target, alpha: float = 0.25):
-    """20 * focal + dice per mask; logits/target [P, K, H, W] -> [P, K]. alpha weights the
-    positive pixels' focal term (negatives 1 - alpha), as in RetinaNet."""
+def mask_losses(logits, target, alpha: float = 0.25, focal_weight: float = 20.0):
+    """focal_weight * focal + dice per mask (SAM's 20:1); logits/target [P, K, H, W] -> [P, K].
+    alpha weights the positive pixels' focal term (negatives 1 - alpha), as in RetinaNet."""
     logits = logits.float()
     p = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
@@ -146,7 +146,7 @@ def mask_losses(logits, target, alpha: float = 0.25):
     focal = (ce * (1 - pt) ** 2 * (alpha * target + (1 - alpha) * (1 - target))).mean(dim=(2, 3))
     inter = (p * target).sum(dim=(2, 3))
     dice = 1 - (2 * inter + 1) / (p.sum(dim=(2, 3)) + target.sum(dim=(2, 3)) + 1)
-    return 20.0 * focal + dice
+    return focal_weight * focal + dice
 
 
 _EAGER = {}
