@@ -282,9 +282,9 @@ def overfit(args):
             up, iou_p = forward(sam, pdec, emb, sub, range(len(sub)), kind, res)
             sel = slice(0, 1) if kind == "box" else slice(1, 4)
             lg = up[:, sel]
-            fw = 0.0 if step <= args.focal_from else 20.0
+            fw = 0.0 if step <= args.focal_from else args.focal_weight
             if args.focal_ramp:
-                fw = 20.0 * min(1.0, step / args.focal_ramp)
+                fw = args.focal_weight * min(1.0, step / args.focal_ramp)
             losses = T.mask_losses(lg, tgt[:, None].float().expand_as(lg), args.focal_alpha, fw)
             with torch.no_grad():
                 actual = T.binary_iou(lg > 0, tgt[:, None])
@@ -333,9 +333,10 @@ def main(argv=None):
     o.add_argument("--aux", type=float, default=0.0, help="weight of the dense auxiliary loss (DenseAux)")
     o.add_argument("--aux-mode", choices=["boundary", "embed", "both"], default="boundary")
     o.add_argument("--focal-from", type=int, default=0,
-                   help="dice alone (no focal term) up to this step, then SAM's 20 x focal + dice")
+                   help="dice alone (no focal term) up to this step, then focal (--focal-weight) + dice")
     o.add_argument("--focal-ramp", type=int, default=0,
-                   help="ramp the focal weight linearly from 0 to 20 over this many steps")
+                   help="ramp the focal weight linearly from 0 to --focal-weight over this many steps")
+    o.add_argument("--focal-weight", type=float, default=20.0, help="weight of the focal term (SAM: 20)")
     o.add_argument("--grad-every", type=int, default=0, help="print gradient norms per part every N steps")
     o.add_argument("--seed", type=int, default=0, help="numpy seed of the batch draws")
     args = ap.parse_args(argv)
