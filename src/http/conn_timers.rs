@@ -24,15 +24,13 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// What a connection waits for.
+/// What a connection waits for when no request is in progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+enum Wait {
     /// A request head, since `since` (a new connection, or the first byte of a next request).
     Head { since: Instant },
     /// The first byte of a next request, since the previous response ended at `since`.
     Idle { since: Instant },
-    /// A request is in progress: no connection timer.
-    Busy,
 }
 
 /// Which timer closed a connection.
@@ -61,62 +59,79 @@ pub struct Timeouts {
     pub idle: Option<Duration>,
 }
 
+#[derive(Debug)]
+struct State {
+    wait: Wait,
+    /// Requests in progress (more than one only with pipelining); no timer runs while any is.
+    in_progress: usize,
+    expired: Option<Expired>,
+    /// The waker of a read that went pending while no timer ran: hyper may not read again
+    /// by itself once the response is written, so going idle wakes it to start the timer.
+    untimed_read: Option<Waker>,
+}
+
 /// A connection's phase, shared by its socket wrapper and its service.
 #[derive(Debug)]
 pub struct ConnPhase {
-    phase: Mutex<Phase>,
-    /// Requests in progress on the connection (more than one only with pipelining).
-    busy: Mutex<usize>,
+    state: Mutex<State>,
     timeouts: Timeouts,
-    expired: Mutex<Option<Expired>>,
-    /// The waker of a read that went pending while no timer ran: hyper may not read again
-    /// by itself once the response is written, so going idle wakes it to start the timer.
-    untimed_read: Mutex<Option<Waker>>,
 }
 
 impl ConnPhase {
     /// A new connection: waiting for its first request head.
     pub fn new(timeouts: Timeouts) -> Arc<Self> {
         Arc::new(ConnPhase {
-            phase: Mutex::new(Phase::Head {
-                since: Instant::now(),
+            state: Mutex::new(State {
+                wait: Wait::Head {
+                    since: Instant::now(),
+                },
+                in_progress: 0,
+                expired: None,
+                untimed_read: None,
             }),
-            busy: Mutex::new(0),
             timeouts,
-            expired: Mutex::new(None),
-            untimed_read: Mutex::new(None),
         })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("not poisoned")
     }
 
     /// A request head has been read: no timer until its response has been written. The
     /// returned guard ends the request when dropped (attach it to the response body).
     pub fn request_started(self: &Arc<Self>) -> ResponseDone {
-        *self.busy.lock().expect("not poisoned") += 1;
-        *self.phase.lock().expect("not poisoned") = Phase::Busy;
+        self.state().in_progress += 1;
         ResponseDone(self.clone())
     }
 
     /// Which timer closed the connection, if one did.
     pub fn expired(&self) -> Option<Expired> {
-        *self.expired.lock().expect("not poisoned")
+        self.state().expired
     }
 
     /// Bytes arrived: a waiting keep-alive connection now waits for the rest of a head.
     fn bytes_read(&self) {
-        let mut p = self.phase.lock().expect("not poisoned");
-        if let Phase::Idle { .. } = *p {
-            *p = Phase::Head {
+        let mut st = self.state();
+        if let Wait::Idle { .. } = st.wait {
+            st.wait = Wait::Head {
                 since: Instant::now(),
             };
         }
     }
 
     /// The current deadline and the timer it belongs to.
+    #[cfg(test)]
     fn deadline(&self) -> Option<(Instant, Expired)> {
-        match *self.phase.lock().expect("not poisoned") {
-            Phase::Head { since } => self.timeouts.header.map(|d| (since + d, Expired::Header)),
-            Phase::Idle { since } => self.timeouts.idle.map(|d| (since + d, Expired::Idle)),
-            Phase::Busy => None,
+        Self::deadline_of(&self.state(), self.timeouts)
+    }
+
+    fn deadline_of(st: &State, t: Timeouts) -> Option<(Instant, Expired)> {
+        if st.in_progress > 0 {
+            return None;
+        }
+        match st.wait {
+            Wait::Head { since } => t.header.map(|d| (since + d, Expired::Header)),
+            Wait::Idle { since } => t.idle.map(|d| (since + d, Expired::Idle)),
         }
     }
 }
@@ -128,13 +143,13 @@ pub struct ResponseDone(Arc<ConnPhase>);
 
 impl Drop for ResponseDone {
     fn drop(&mut self) {
-        let mut busy = self.0.busy.lock().expect("not poisoned");
-        *busy = busy.saturating_sub(1);
-        if *busy == 0 {
-            *self.0.phase.lock().expect("not poisoned") = Phase::Idle {
+        let mut st = self.0.state();
+        st.in_progress = st.in_progress.saturating_sub(1);
+        if st.in_progress == 0 {
+            st.wait = Wait::Idle {
                 since: Instant::now(),
             };
-            if let Some(w) = self.0.untimed_read.lock().expect("not poisoned").take() {
+            if let Some(w) = st.untimed_read.take() {
                 w.wake();
             }
         }
@@ -183,17 +198,22 @@ impl<S: AsyncRead + Unpin> AsyncRead for TimedIo<S> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                let Some((deadline, which)) = this.phase.deadline() else {
-                    *this.phase.untimed_read.lock().expect("not poisoned") =
-                        Some(cx.waker().clone());
-                    return Poll::Pending;
+                let (deadline, which) = {
+                    let mut st = this.phase.state();
+                    match ConnPhase::deadline_of(&st, this.phase.timeouts) {
+                        Some(d) => d,
+                        None => {
+                            st.untimed_read = Some(cx.waker().clone());
+                            return Poll::Pending;
+                        }
+                    }
                 };
                 if this.sleep.deadline() != deadline {
                     this.sleep.as_mut().reset(deadline);
                 }
                 match this.sleep.as_mut().poll(cx) {
                     Poll::Ready(()) => {
-                        *this.phase.expired.lock().expect("not poisoned") = Some(which);
+                        this.phase.state().expired = Some(which);
                         Poll::Ready(Err(timed_out(which)))
                     }
                     Poll::Pending => Poll::Pending,
