@@ -38,8 +38,8 @@ from torch.nn import functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from data_engine import HELDOUT_START, make_scene  # noqa: E402
-from samtiny import ARCHES, PIXEL_MEAN, PIXEL_STD, PromptDecoder, build_sam  # noqa: E402
-from train_state import Ema, cpu_has_bf16, load_compact, save_compact  # noqa: E402
+from samtiny import ARCHES, DEFAULT_ARCH, PIXEL_MEAN, PIXEL_STD, PromptDecoder, build_sam  # noqa: E402
+from train_state import Ema, cpu_has_bf16, grow_state_dict, load_compact, save_compact  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -312,6 +312,22 @@ def self_test(sam, pdec):
     print(f"self-test: batched decode == MaskDecoder.predict_masks (max diff {d:.1e})")
 
 
+def grow_self_test(sam, src_sd, src_arch) -> None:
+    """After --grow: the deeper encoder must compute what the source model's encoder computes
+    (its new blocks are identities until trained)."""
+    src = build_sam(src_arch)
+    src.load_state_dict({k: v.float() if v.dtype.is_floating_point else v for k, v in src_sd.items()})
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(2)
+        x = torch.randn(1, 3, sam.image_encoder.img_size, sam.image_encoder.img_size)
+        src.eval()
+        sam.eval()
+        d = float((src.image_encoder(x) - sam.image_encoder(x.to(next(sam.parameters()).device)).cpu()).abs().max())
+        sam.train()
+    assert d < 1e-4, d
+    print(f"self-test: grown encoder == source encoder (max diff {d:.1e})")
+
+
 def compiled_self_test(sam, pdec, dev):
     """With torch.compile in use, the compiled decoder passes and losses must give the eager
     numbers (on the model's device; the random draws do not touch the training RNG)."""
@@ -372,6 +388,10 @@ def main(argv=None):
     ap.add_argument("--fresh", action="store_true", help="ignore an existing train_state.pt")
     ap.add_argument("--init", help="start from this model state_dict (fresh optimizer and schedule)")
     ap.add_argument("--log-every", type=int, default=20)
+    ap.add_argument("--stop-step", type=int, default=0, help="save and stop at this step (A/B arms of equal length)")
+    ap.add_argument("--grow", action="store_true",
+                    help="--init / --compact hold a shallower model of the same family: load it into --arch "
+                         "with the new residual blocks starting as identities (train_state.grow_state_dict)")
     ap.add_argument("--arch", choices=sorted(ARCHES), default="default",
                     help="samtiny.ARCHES entry (written to arch.json beside checkpoint.pth)")
     args = ap.parse_args(argv)
@@ -387,8 +407,16 @@ def main(argv=None):
     pdec = PromptDecoder(sam)
     self_test(sam, pdec)
     if args.init:
-        sam.load_state_dict(torch.load(args.init, map_location="cpu"))
-        print(f"initialised from {args.init}")
+        init_sd = torch.load(args.init, map_location="cpu")
+        if args.grow:
+            new = grow_state_dict(sam, init_sd)
+            print(f"initialised from {args.init}, grown by {len(new)} tensors (new blocks start as identities)")
+            arch_file = os.path.join(os.path.dirname(os.path.abspath(args.init)), "arch.json")
+            src_arch = json.load(open(arch_file)) if os.path.exists(arch_file) else DEFAULT_ARCH
+            grow_self_test(sam, init_sd, src_arch)
+        else:
+            sam.load_state_dict(init_sd)
+            print(f"initialised from {args.init}")
     sam.to(dev)
     opt = torch.optim.AdamW(sam.parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=0.1)
     ema = Ema(sam, args.ema) if args.ema > 0 else None
@@ -404,7 +432,10 @@ def main(argv=None):
             ema.load(st["ema"], st.get("ema_updates", 0))
         print(f"resumed from {state_path}: step {prog['step']}, {prog['elapsed'] / 60:.1f} min trained")
     elif args.compact and os.path.exists(args.compact) and not args.fresh:
-        prog.update(load_compact(args.compact, sam, opt, ema))
+        prog.update(load_compact(args.compact, sam, opt, ema, grow=args.grow))
+        if args.grow:
+            blob = torch.load(args.compact, map_location="cpu")
+            grow_self_test(sam, blob["model"], blob["arch"])
         print(f"resumed from the compact state {args.compact}: step {prog['step']}, "
               f"{prog['objects']} objects, {prog['cpu_s'] / 3600:.2f} CPU hours")
     step, elapsed = prog["step"], prog["elapsed"]
@@ -468,7 +499,7 @@ def main(argv=None):
     it = iter(dl)
     cpu_last = time.process_time()
     timing = {"data": 0.0, "forward": 0.0, "backward": 0.0}
-    while elapsed < budget and not stop["now"]:
+    while elapsed < budget and not stop["now"] and not (args.stop_step and step >= args.stop_step):
         t0 = time.time()
         batch = next(it)
         t1 = time.time()

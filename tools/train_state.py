@@ -100,13 +100,42 @@ def save_compact(path: str, model: torch.nn.Module, opt: torch.optim.Optimizer, 
     os.replace(tmp, path)
 
 
+def grow_state_dict(model: torch.nn.Module, sd: Dict[str, torch.Tensor]) -> list:
+    """Loads a smaller model's weights into a model with extra residual blocks (an ARCHES entry
+    with deeper encoder stages) so that it computes the same function: every tensor of `sd`
+    must exist in `model` with its shape; a new block's second BatchNorm scale is zeroed, so the
+    block adds nothing to its (non-negative, post-ReLU) input and relu(x + 0) = x. Returns the
+    new tensors' names. Anything else missing is an error."""
+    ref = model.state_dict()
+    extra = [k for k in sd if k not in ref or ref[k].shape != sd[k].shape]
+    if extra:
+        raise ValueError(f"cannot grow: {len(extra)} tensors do not fit the model, e.g. {extra[:3]}")
+    model.load_state_dict({k: v.to(ref[k].dtype) for k, v in sd.items()}, strict=False)
+    new = [k for k in ref if k not in sd]
+    blocks = sorted({k.rsplit(".b.", 1)[0] for k in new if ".b." in k})
+    for k in new:
+        owner = k.rsplit(".b.", 1)[0] if ".b." in k else k.rsplit(".a.", 1)[0] if ".a." in k else None
+        if owner not in blocks:
+            raise ValueError(f"cannot grow: {k} is not part of a new residual block")
+    with torch.no_grad():
+        for b in blocks:
+            model.get_submodule(b).b[1].weight.zero_()
+    return new
+
+
 def load_compact(path: str, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                 ema: Optional[Ema]) -> Dict[str, Any]:
+                 ema: Optional[Ema], grow: bool = False) -> Dict[str, Any]:
+    """Resumes from a compact state; with grow, into a deeper model (grow_state_dict): the
+    new blocks start with a fresh AdamW state and an EMA equal to their initial weights."""
     blob = torch.load(path, map_location="cpu")
     if blob.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} file")
     ref = model.state_dict()
-    model.load_state_dict({k: v.to(ref[k].dtype) for k, v in blob["model"].items()})
+    new = []
+    if grow:
+        new = grow_state_dict(model, blob["model"])
+    else:
+        model.load_state_dict({k: v.to(ref[k].dtype) for k, v in blob["model"].items()})
     dev = next(model.parameters()).device
     for n, p in model.named_parameters():
         if n in blob["exp_avg_sq"]:
@@ -117,4 +146,7 @@ def load_compact(path: str, model: torch.nn.Module, opt: torch.optim.Optimizer,
             }
     if ema is not None and "ema" in blob:
         ema.load(blob["ema"], int(blob.get("ema_updates", 0)))
+        cur = model.state_dict()
+        for k in new:
+            ema.shadow[k].copy_(cur[k].float() if cur[k].dtype.is_floating_point else cur[k])
     return blob["progress"]
