@@ -14,7 +14,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from data_engine import HELDOUT_START, make_scene  # noqa: E402
-from evaluate import OnnxSam, iou  # noqa: E402
+from evaluate import OnnxSam, box_prompt, iou  # noqa: E402
 
 AREA_BINS = [(0, 400), (400, 2000), (2000, 10000), (10000, None)]
 FILL_BINS = [(0.0, 0.5), (0.5, 0.7), (0.7, 0.85), (0.85, None)]
@@ -36,10 +36,7 @@ def main(argv=None) -> None:
         gts = [g for g in (sc.mask(o.id) for o in sc.objects) if g.sum() >= a.min_area]
         if not gts:
             continue
-        boxes = []
-        for g in gts:
-            ys, xs = np.nonzero(g)
-            boxes.append([[xs.min(), ys.min(), 2], [xs.max() + 1, ys.max() + 1, 3]])
+        boxes = [box_prompt(g) for g in gts]
         masks, _, _ = m.decode(np.array(boxes, np.float32))
         for b, g in enumerate(gts):
             p = masks[b, 0] > 0

@@ -96,6 +96,12 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / u) if u else 1.0
 
 
+def box_prompt(g: np.ndarray) -> list:
+    """The tight box of a mask as decoder points: [[x0, y0, 2], [x1, y1, 3]] (x1, y1 exclusive)."""
+    ys, xs = np.nonzero(g)
+    return [[xs.min(), ys.min(), 2], [xs.max() + 1, ys.max() + 1, 3]]
+
+
 def error_click(pred: np.ndarray, gt: np.ndarray):
     fn = gt & ~pred
     fp = pred & ~gt
@@ -146,11 +152,7 @@ def evaluate(model_dir, n_scenes, long_side, min_area, max_clicks, threads, log=
             rec["clicks"][0].append(ious[top[b] - 1])
             chosen_low[b, 0] = low[b, top[b]]
             preds.append(masks[b, top[b]] > 0)
-        boxes = []
-        for g in gts:
-            ys, xs = np.nonzero(g)
-            boxes.append([[xs.min(), ys.min(), 2], [xs.max() + 1, ys.max() + 1, 3]])
-        bm, biou, _ = m.decode(np.array(boxes, np.float32))
+        bm, biou, _ = m.decode(np.array([box_prompt(g) for g in gts], np.float32))
         rec["box"] += [iou(bm[b, 0] > 0, g) for b, g in enumerate(gts)]
         calib += [(float(biou[b, 0]), rec["box"][-B + b]) for b in range(B)]
         clicks = centres[:, None].copy()

@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from data_engine import HELDOUT_START, make_scene  # noqa: E402
 from samtiny import ARCHES, DEFAULT_ARCH, PIXEL_MEAN, PIXEL_STD, PromptDecoder, build_sam  # noqa: E402
-from train_state import Ema, cpu_has_bf16, grow_state_dict, load_compact, save_compact  # noqa: E402
+from train_state import Ema, cpu_has_bf16, grow_state_dict, load_compact, read_compact, save_compact  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -432,10 +432,11 @@ def main(argv=None):
             ema.load(st["ema"], st.get("ema_updates", 0))
         print(f"resumed from {state_path}: step {prog['step']}, {prog['elapsed'] / 60:.1f} min trained")
     elif args.compact and os.path.exists(args.compact) and not args.fresh:
-        prog.update(load_compact(args.compact, sam, opt, ema, grow=args.grow))
+        blob = read_compact(args.compact)
+        prog.update(load_compact(blob, sam, opt, ema, grow=args.grow))
         if args.grow:
-            blob = torch.load(args.compact, map_location="cpu")
             grow_self_test(sam, blob["model"], blob["arch"])
+        del blob
         print(f"resumed from the compact state {args.compact}: step {prog['step']}, "
               f"{prog['objects']} objects, {prog['cpu_s'] / 3600:.2f} CPU hours")
     step, elapsed = prog["step"], prog["elapsed"]

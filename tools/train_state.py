@@ -16,6 +16,7 @@ bit-identical with, resuming from target/train/train_state.pt.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Dict, Optional
 
 import torch
@@ -112,24 +113,30 @@ def grow_state_dict(model: torch.nn.Module, sd: Dict[str, torch.Tensor]) -> list
         raise ValueError(f"cannot grow: {len(extra)} tensors do not fit the model, e.g. {extra[:3]}")
     model.load_state_dict({k: v.to(ref[k].dtype) for k, v in sd.items()}, strict=False)
     new = [k for k in ref if k not in sd]
-    blocks = sorted({k.rsplit(".b.", 1)[0] for k in new if ".b." in k})
+    blocks = set()
     for k in new:
-        owner = k.rsplit(".b.", 1)[0] if ".b." in k else k.rsplit(".a.", 1)[0] if ".a." in k else None
-        if owner not in blocks:
+        parts = re.split(r"\.[ab]\.", k, maxsplit=1)
+        if len(parts) != 2:
             raise ValueError(f"cannot grow: {k} is not part of a new residual block")
+        blocks.add(parts[0])
     with torch.no_grad():
         for b in blocks:
             model.get_submodule(b).b[1].weight.zero_()
     return new
 
 
-def load_compact(path: str, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                 ema: Optional[Ema], grow: bool = False) -> Dict[str, Any]:
-    """Resumes from a compact state; with grow, into a deeper model (grow_state_dict): the
-    new blocks start with a fresh AdamW state and an EMA equal to their initial weights."""
+def read_compact(path: str) -> Dict[str, Any]:
     blob = torch.load(path, map_location="cpu")
     if blob.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} file")
+    return blob
+
+
+def load_compact(blob: Dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
+                 ema: Optional[Ema], grow: bool = False) -> Dict[str, Any]:
+    """Resumes from a compact state (read_compact); with grow, into a deeper model
+    (grow_state_dict): the new blocks start with a fresh AdamW state and an EMA equal to their
+    initial weights."""
     ref = model.state_dict()
     new = []
     if grow:
